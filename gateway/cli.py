@@ -1,0 +1,99 @@
+"""The ``edge-gateway`` command: run, check-config, status, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import ConfigError, load_config
+from gateway.config.models import GatewayConfig
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG_DIR = Path("/etc/edge-gateway")
+CONFIG_ENV = "EDGE_GATEWAY_CONFIG"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _default_config_dir() -> Path:
+    return Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_DIR))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-gateway",
+        description="Poll tools, score readings at the edge, forward over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", type=Path, default=None, help="configuration folder")
+
+    check = commands.add_parser("check-config", help="validate a configuration folder")
+    check.add_argument("dir", type=Path, nargs="?", default=None)
+
+    status = commands.add_parser("status", help="show the gateway's state")
+    status.add_argument(
+        "--config", type=Path, default=None, help="configuration folder"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    demo = commands.add_parser("demo", help="run simulated tools end to end over MQTT")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=45.0,
+        help="seconds to run (0 runs until Ctrl-C); default 45",
+    )
+    demo.add_argument("--config", type=Path, default=None, help="demo configuration")
+    return parser
+
+
+def _load(directory: Path | None) -> GatewayConfig:
+    return load_config(directory or _default_config_dir())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edge-gateway`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            from gateway.checkconfig import check_config
+
+            return check_config(args.dir or _default_config_dir())
+        if args.command == "run":
+            return _run(_load(args.config))
+        if args.command == "status":
+            from gateway.status import show_status
+
+            return show_status(_load(args.config), as_json=args.json)
+        if args.command == "demo":
+            from gateway.demo import run_demo
+
+            return run_demo(args.config, args.duration)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_FAILURE
+
+
+def _run(config: GatewayConfig) -> int:
+    from gateway.daemon import run_gateway
+    from gateway.logs import configure_logging
+
+    configure_logging(config.main.logging)
+    asyncio.run(run_gateway(config))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

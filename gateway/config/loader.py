@@ -1,0 +1,441 @@
+"""Load a configuration folder: ``gateway.toml`` plus ``tools/*.toml``.
+
+Every problem becomes one :class:`ConfigIssue` line naming the file, the key path
+and the rule broken, for example::
+
+    tools/etch-07.toml: tags[3].scale: must be a number, got "x"
+
+All files are read and every issue collected before :class:`ConfigError` is raised,
+so a technician sees the whole list at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from drivers import DRIVER_KINDS, driver_class
+from edge_models.base import SCORER_KINDS, scorer_class
+from gateway.config.models import AlertRule, GatewayConfig, MainConfig, ToolConfig
+
+__all__ = ["MAIN_FILE", "TOOLS_DIR", "ConfigError", "ConfigIssue", "load_config"]
+
+MAIN_FILE = "gateway.toml"
+TOOLS_DIR = "tools"
+ENV_PREFIX = "env:"
+SECRET_KEYS = ("password",)
+
+Loc = tuple[str | int, ...]
+_M = TypeVar("_M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One broken rule: where it is and what the rule says."""
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.file}: {self.key}: {self.message}"
+            if self.key
+            else (f"{self.file}: {self.message}")
+        )
+
+
+class ConfigError(Exception):
+    """The configuration folder is not valid; ``issues`` lists every problem."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = tuple(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+def load_config(directory: Path) -> GatewayConfig:
+    """Read and validate the configuration folder ``directory``.
+
+    Raises:
+        ConfigError: with one issue per broken rule, in every file.
+    """
+    issues: list[ConfigIssue] = []
+    main = _load_main(directory, issues)
+    tools = [
+        tool
+        for path in _tool_files(directory, issues)
+        if (tool := _load_tool(directory, path, issues)) is not None
+    ]
+    _check_unique_tools(directory, tools, issues)
+    if issues or main is None:
+        raise ConfigError(issues)
+    return GatewayConfig(directory=directory, main=main, tools=tuple(tools))
+
+
+def _load_main(directory: Path, issues: list[ConfigIssue]) -> MainConfig | None:
+    path = directory / MAIN_FILE
+    data = _read_toml(directory, path, issues)
+    if data is None:
+        return None
+    name = _display(directory, path)
+    mqtt = data.get("mqtt")
+    if isinstance(mqtt, dict):
+        _resolve_secrets(name, ("mqtt",), mqtt, directory, issues)
+    return _validate(MainConfig, data, name, (), issues)
+
+
+def _tool_files(directory: Path, issues: list[ConfigIssue]) -> list[Path]:
+    folder = directory / TOOLS_DIR
+    if not folder.is_dir():
+        issues.append(ConfigIssue(TOOLS_DIR, "", "folder of tool files is missing"))
+        return []
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        issues.append(ConfigIssue(TOOLS_DIR, "", "holds no tool file (*.toml)"))
+    return files
+
+
+def _load_tool(
+    directory: Path, path: Path, issues: list[ConfigIssue]
+) -> ToolConfig | None:
+    data = _read_toml(directory, path, issues)
+    if data is None:
+        return None
+    name = _display(directory, path)
+    data.setdefault("id", path.stem)
+    before = len(issues)
+    tool = _validate(ToolConfig, data, name, (), issues)
+    if tool is None:
+        return None
+
+    driver = _validate_driver(tool, name, issues)
+    scorers = _validate_scorers(tool, name, issues)
+    tags = _validate_tags(tool, driver, name, issues)
+    _check_groups(tool, name, issues)
+    if len(issues) > before:
+        return None
+    return tool.model_copy(update={"driver": driver, "scorers": scorers, "tags": tags})
+
+
+def _validate_driver(tool: ToolConfig, name: str, issues: list[ConfigIssue]) -> Any:
+    table = tool.driver
+    if not isinstance(table, dict):
+        issues.append(ConfigIssue(name, "driver", "must be a table with a kind key"))
+        return None
+    kind = table.get("kind")
+    if kind not in DRIVER_KINDS:
+        choices = ", ".join(DRIVER_KINDS)
+        issues.append(
+            ConfigIssue(
+                name, "driver.kind", f"must be one of {choices}, got {_show(kind)}"
+            )
+        )
+        return None
+    return _validate(driver_class(kind).Settings, table, name, ("driver",), issues)
+
+
+def _validate_scorers(
+    tool: ToolConfig, name: str, issues: list[ConfigIssue]
+) -> dict[str, Any]:
+    used = {scorer for tag in tool.tags for scorer in tag.scorers}
+    scorers: dict[str, Any] = {}
+    for kind in sorted(used | set(tool.scorers)):
+        if kind not in SCORER_KINDS:
+            continue  # reported on the tag (or below, for a stray table)
+        table = tool.scorers.get(kind, {})
+        if not isinstance(table, dict):
+            issues.append(ConfigIssue(name, f"scorers.{kind}", "must be a table"))
+            continue
+        params = _validate(
+            scorer_class(kind).Params, table, name, ("scorers", kind), issues
+        )
+        scorers[kind] = params
+    for kind in sorted(set(tool.scorers) - set(SCORER_KINDS)):
+        choices = ", ".join(SCORER_KINDS)
+        issues.append(
+            ConfigIssue(name, f"scorers.{kind}", f"unknown scorer; known: {choices}")
+        )
+    return scorers
+
+
+def _validate_tags(
+    tool: ToolConfig, driver: Any, name: str, issues: list[ConfigIssue]
+) -> tuple[Any, ...]:
+    source_model = None if driver is None else driver_class(driver.kind).Source
+    seen: dict[str, int] = {}
+    tags = []
+    for i, tag in enumerate(tool.tags):
+        where = ("tags", i)
+        if tag.name in seen:
+            issues.append(
+                ConfigIssue(
+                    name,
+                    f"tags[{i}].name",
+                    f"duplicate tag {_show(tag.name)} (also tags[{seen[tag.name]}])",
+                )
+            )
+        seen.setdefault(tag.name, i)
+        for j, scorer in enumerate(tag.scorers):
+            if scorer not in SCORER_KINDS:
+                choices = ", ".join(SCORER_KINDS)
+                issues.append(
+                    ConfigIssue(
+                        name,
+                        f"tags[{i}].scorers[{j}]",
+                        f"must be one of {choices}, got {_show(scorer)}",
+                    )
+                )
+        rule = _tag_alert_rule(tool.alerts, tag.alerts, name, where, issues)
+        source = None
+        if source_model is not None:
+            if not isinstance(tag.source, dict):
+                issues.append(ConfigIssue(name, f"tags[{i}].source", "must be a table"))
+            else:
+                source = _validate(
+                    source_model, tag.source, name, (*where, "source"), issues
+                )
+        tags.append(tag.model_copy(update={"alerts": rule, "source": source}))
+    return tuple(tags)
+
+
+def _tag_alert_rule(
+    defaults: AlertRule,
+    overrides: Any,
+    name: str,
+    where: Loc,
+    issues: list[ConfigIssue],
+) -> AlertRule | None:
+    if not isinstance(overrides, dict):
+        issues.append(ConfigIssue(name, _key((*where, "alerts")), "must be a table"))
+        return None
+    merged = {**defaults.model_dump(), **overrides}
+    return _validate(AlertRule, merged, name, (*where, "alerts"), issues)
+
+
+def _check_groups(tool: ToolConfig, name: str, issues: list[ConfigIssue]) -> None:
+    tag_names = {tag.name for tag in tool.tags}
+    owner: dict[str, str] = {}
+    group_names: set[str] = set()
+    for g, group in enumerate(tool.poll_groups):
+        if group.name in group_names:
+            issues.append(
+                ConfigIssue(
+                    name,
+                    f"poll_groups[{g}].name",
+                    f"duplicate group {_show(group.name)}",
+                )
+            )
+        group_names.add(group.name)
+        for t, tag in enumerate(group.tags):
+            key = f"poll_groups[{g}].tags[{t}]"
+            if tag not in tag_names:
+                issues.append(ConfigIssue(name, key, f"no tag named {_show(tag)}"))
+            elif tag in owner:
+                issues.append(
+                    ConfigIssue(
+                        name,
+                        key,
+                        f"tag {_show(tag)} is already in group {_show(owner[tag])}",
+                    )
+                )
+            else:
+                owner[tag] = group.name
+    for i, tag in enumerate(tool.tags):
+        if tag.name not in owner:
+            issues.append(
+                ConfigIssue(
+                    name, f"tags[{i}]", f"tag {_show(tag.name)} is in no poll group"
+                )
+            )
+
+
+def _check_unique_tools(
+    directory: Path, tools: list[ToolConfig], issues: list[ConfigIssue]
+) -> None:
+    seen: set[str] = set()
+    for tool in tools:
+        if tool.id in seen:
+            issues.append(
+                ConfigIssue(TOOLS_DIR, "id", f"tool id {_show(tool.id)} is used twice")
+            )
+        seen.add(tool.id)
+
+
+def _read_toml(
+    directory: Path, path: Path, issues: list[ConfigIssue]
+) -> dict[str, Any] | None:
+    name = _display(directory, path)
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        issues.append(ConfigIssue(name, "", "file not found"))
+        return None
+    except OSError as exc:
+        issues.append(ConfigIssue(name, "", f"cannot be read: {exc.strerror}"))
+        return None
+    except tomllib.TOMLDecodeError as exc:
+        issues.append(ConfigIssue(name, "", f"not valid TOML: {exc}"))
+        return None
+    return _tuples(data)
+
+
+def _tuples(value: Any) -> Any:
+    """Turn TOML arrays into tuples, which the strict, frozen models expect."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+def _resolve_secrets(
+    name: str,
+    where: Loc,
+    table: dict[str, Any],
+    directory: Path,
+    issues: list[ConfigIssue],
+) -> None:
+    """Replace ``KEY = "env:NAME"`` and ``KEY_file = PATH`` by the secret's value."""
+    for key in SECRET_KEYS:
+        file_key = f"{key}_file"
+        if key in table and file_key in table:
+            issues.append(
+                ConfigIssue(
+                    name, _key((*where, key)), f"give {key} or {file_key}, not both"
+                )
+            )
+            continue
+        if file_key in table:
+            secret = _read_secret_file(
+                name, (*where, file_key), table.pop(file_key), directory, issues
+            )
+        elif isinstance(table.get(key), str) and table[key].startswith(ENV_PREFIX):
+            variable = table[key][len(ENV_PREFIX) :]
+            secret = os.environ.get(variable)
+            if secret is None:
+                issues.append(
+                    ConfigIssue(
+                        name,
+                        _key((*where, key)),
+                        f"environment variable {variable} is not set",
+                    )
+                )
+        else:
+            continue
+        table[key] = None if secret is None else SecretStr(secret)
+
+
+def _read_secret_file(
+    name: str, where: Loc, value: Any, directory: Path, issues: list[ConfigIssue]
+) -> str | None:
+    if not isinstance(value, str):
+        issues.append(
+            ConfigIssue(name, _key(where), f"must be a file path, got {_show(value)}")
+        )
+        return None
+    path = Path(value) if Path(value).is_absolute() else directory / value
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        issues.append(
+            ConfigIssue(name, _key(where), f"cannot read {path}: {exc.strerror}")
+        )
+        return None
+
+
+def _validate(
+    model: type[_M],
+    data: Mapping[str, Any],
+    name: str,
+    where: Loc,
+    issues: list[ConfigIssue],
+) -> _M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(
+            ConfigIssue(name, _key((*where, *e["loc"])), _rule(e)) for e in exc.errors()
+        )
+        return None
+
+
+# What each pydantic error type means, in the words of the rule that was broken.
+_RULES = {
+    "missing": "is required",
+    "extra_forbidden": "unknown key",
+    "float_type": "must be a number",
+    "int_type": "must be a whole number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "tuple_type": "must be an array",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "path_type": "must be a path string",
+}
+
+
+def _rule(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    secret = any(part in SECRET_KEYS for part in error["loc"])
+    got = ", got (secret)" if secret else f", got {_show(error['input'])}"
+    if kind in ("missing", "extra_forbidden"):
+        return _RULES[kind]
+    if kind in _RULES:
+        return _RULES[kind] + got
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}{got}"
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}{got}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx['pattern']}{got}"
+    if kind in ("too_short", "too_long"):
+        least = "at least" if kind == "too_short" else "at most"
+        return (
+            f"must have {least} {ctx.get('min_length', ctx.get('max_length'))} item(s)"
+        )
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"]).lower() + got
+
+
+def _key(loc: Loc) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + part)
+    return "".join(parts)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _display(directory: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(directory))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,147 @@
+"""JSON payloads published on the tool topics, each carrying a ``schema`` version.
+
+The JSON Schemas in ``gateway/publish/schemas/`` describe them for subscribers;
+the tests validate every payload the gateway sends against them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from gateway.alerts import AlertEvent
+from gateway.summaries import WindowSummary
+
+__all__ = [
+    "ALERT_SCHEMA",
+    "SUMMARY_SCHEMA",
+    "TELEMETRY_SCHEMA",
+    "alert_payload",
+    "iso_utc",
+    "summary_payload",
+    "telemetry_payload",
+]
+
+ALERT_SCHEMA = "edge-gateway/alert/1"
+SUMMARY_SCHEMA = "edge-gateway/summary/1"
+TELEMETRY_SCHEMA = "edge-gateway/telemetry/1"
+
+_NS_PER_S = 1_000_000_000
+
+
+def iso_utc(ts_ns: int) -> str:
+    """Format nanoseconds since the epoch as ISO 8601 UTC with milliseconds."""
+    moment = datetime.fromtimestamp(ts_ns / _NS_PER_S, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN or infinity: such values are sent as null."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
+def alert_payload(site: str, gateway: str, event: AlertEvent, unit: str) -> bytes:
+    """Return the JSON of one alert raise or clear."""
+    return _encode(
+        {
+            "schema": ALERT_SCHEMA,
+            "site": site,
+            "gateway": gateway,
+            "tool": event.tool,
+            "tag": event.tag,
+            "unit": unit,
+            "model": event.model,
+            "state": event.state,
+            "severity": event.severity,
+            "ts": iso_utc(event.ts_ns),
+            "started": iso_utc(event.started_ns),
+            "value": _number(event.value),
+            "score": _number(event.score),
+            "peak_score": _number(event.peak_score),
+            "raise_level": event.raise_level,
+            "clear_level": event.clear_level,
+            "window": {key: _number(value) for key, value in event.window.items()},
+        }
+    )
+
+
+def summary_payload(
+    site: str,
+    gateway: str,
+    tool: str,
+    group: str,
+    tag_names: Sequence[str],
+    units: Sequence[str],
+    summary: WindowSummary,
+) -> bytes:
+    """Return the JSON of one window's summaries of a poll group's tags."""
+    columns = {
+        "count": summary.count.tolist(),
+        "min": summary.minimum.tolist(),
+        "max": summary.maximum.tolist(),
+        "mean": summary.mean.tolist(),
+        "std": summary.std.tolist(),
+        "last": summary.last.tolist(),
+        "bad": summary.bad.tolist(),
+        "max_score": summary.max_score.tolist(),
+    }
+    tags = {}
+    for i, name in enumerate(tag_names):
+        entry: dict[str, Any] = {"unit": units[i]}
+        for key, values in columns.items():
+            value = values[i]
+            entry[key] = value if isinstance(value, int) else _number(value)
+        tags[name] = entry
+    return _encode(
+        {
+            "schema": SUMMARY_SCHEMA,
+            "site": site,
+            "gateway": gateway,
+            "tool": tool,
+            "group": group,
+            "window_start": iso_utc(summary.start_ns),
+            "window_end": iso_utc(summary.end_ns),
+            "tags": tags,
+        }
+    )
+
+
+def telemetry_payload(
+    site: str,
+    gateway: str,
+    tool: str,
+    group: str,
+    tag_names: Sequence[str],
+    timestamps_ns: np.ndarray,
+    values: np.ndarray,
+    quality: np.ndarray,
+) -> bytes:
+    """Return the JSON of a batch's raw readings of the selected tags (columns)."""
+    finite = np.isfinite(values)
+    cleaned = np.where(finite, values, 0.0).tolist()
+    rows = finite.tolist()
+    return _encode(
+        {
+            "schema": TELEMETRY_SCHEMA,
+            "site": site,
+            "gateway": gateway,
+            "tool": tool,
+            "group": group,
+            "tags": list(tag_names),
+            "ts": [iso_utc(int(ts)) for ts in timestamps_ns],
+            "values": [
+                [v if ok else None for v, ok in zip(row, oks, strict=True)]
+                for row, oks in zip(cleaned, rows, strict=True)
+            ],
+            "quality": quality.tolist(),
+        }
+    )

@@ -1,0 +1,370 @@
+"""The per-batch path: validate, scale, score, alert, summarise, store, enqueue.
+
+Everything here works on whole columns. A :class:`ToolPipeline` holds, per poll
+group, the arrays that turn raw values into engineering values (scale, offset,
+limits), the scorers and alert engines over the group's columns, and the summary
+accumulator. Results go to the store: the readings block, alert history, hourly
+roll-ups, and the outbox messages the publisher forwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from drivers.base import PollGroup
+from drivers.batch import (
+    BAD_NOT_A_NUMBER,
+    BAD_OUT_OF_RANGE,
+    ReadingBatch,
+    is_good,
+)
+from edge_models.base import Scorer, scorer_class
+from gateway.alerts import AlertEngine, AlertEvent
+from gateway.config.models import GatewayIdentity, ToolConfig
+from gateway.payloads import alert_payload, summary_payload, telemetry_payload
+from gateway.publish.topics import tool_topic
+from gateway.store import (
+    PRIORITY_ALERT,
+    PRIORITY_SUMMARY,
+    PRIORITY_TELEMETRY,
+    OutboxMessage,
+    Store,
+)
+from gateway.summaries import SummaryAccumulator, WindowSummary
+
+__all__ = ["ToolPipeline", "poll_groups"]
+
+log = structlog.get_logger(__name__)
+
+_NS_PER_S = 1_000_000_000
+_NS_PER_HOUR = 3600 * _NS_PER_S
+_STATE_DIGEST_CHARS = 16
+
+
+def poll_groups(tool: ToolConfig) -> tuple[PollGroup, ...]:
+    """Return the tool's poll groups with their tags as indices into ``tool.tags``."""
+    index = {tag.name: i for i, tag in enumerate(tool.tags)}
+    return tuple(
+        PollGroup(
+            name=group.name,
+            interval_s=group.interval_s,
+            tags=tuple(index[name] for name in group.tags),
+        )
+        for group in tool.poll_groups
+    )
+
+
+@dataclass(slots=True)
+class _ScoredColumns:
+    """One scorer over the columns of a group that use it, and its alert engine."""
+
+    columns: npt.NDArray[np.intp]
+    scorer: Scorer
+    alerts: AlertEngine
+
+
+@dataclass(slots=True)
+class _GroupPlan:
+    group: PollGroup
+    tags: npt.NDArray[np.int32]
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+    scale: npt.NDArray[np.float64]
+    offset: npt.NDArray[np.float64]
+    low: npt.NDArray[np.float64]
+    high: npt.NDArray[np.float64]
+    telemetry: npt.NDArray[np.intp]
+    scored: list[_ScoredColumns]
+    summaries: SummaryAccumulator
+
+
+class ToolPipeline:
+    """Process one tool's batches; see the module doc for the steps."""
+
+    def __init__(
+        self,
+        tool: ToolConfig,
+        identity: GatewayIdentity,
+        topic_prefix: str,
+        store: Store,
+        summary_window_s: float,
+        telemetry: bool,
+    ) -> None:
+        self.tool = tool
+        self.identity = identity
+        self.store = store
+        self.telemetry = telemetry
+        self.readings = 0
+        self.bad_readings = 0
+        self._topics = {
+            kind: tool_topic(topic_prefix, identity.site, identity.id, tool.id, kind)
+            for kind in ("alert", "summary", "telemetry")
+        }
+        self._plans = {
+            group.name: self._plan(group, summary_window_s)
+            for group in poll_groups(tool)
+        }
+
+    def _plan(self, group: PollGroup, summary_window_s: float) -> _GroupPlan:
+        tags = [self.tool.tags[i] for i in group.tags]
+        limits = [tag.limits or (-np.inf, np.inf) for tag in tags]
+        scored = []
+        for kind in sorted({s for tag in tags for s in tag.scorers}):
+            columns = np.array(
+                [c for c, tag in enumerate(tags) if kind in tag.scorers], dtype=np.intp
+            )
+            scorer = scorer_class(kind)(self.tool.scorers[kind], len(columns))
+            engine = AlertEngine(
+                tool=self.tool.id,
+                model=kind,
+                tags=[tags[c].name for c in columns],
+                rules=[tags[c].alerts for c in columns],
+            )
+            scored.append(_ScoredColumns(columns, scorer, engine))
+        return _GroupPlan(
+            group=group,
+            tags=group.tag_index,
+            names=tuple(tag.name for tag in tags),
+            units=tuple(tag.unit for tag in tags),
+            scale=np.array([tag.scale for tag in tags]),
+            offset=np.array([tag.offset for tag in tags]),
+            low=np.array([low for low, _ in limits]),
+            high=np.array([high for _, high in limits]),
+            telemetry=np.flatnonzero([tag.telemetry for tag in tags]),
+            scored=scored,
+            summaries=SummaryAccumulator(len(tags), summary_window_s),
+        )
+
+    @property
+    def groups(self) -> tuple[PollGroup, ...]:
+        """The poll groups this pipeline expects batches for."""
+        return tuple(plan.group for plan in self._plans.values())
+
+    def process(self, batch: ReadingBatch) -> None:
+        """Run one batch through every step; raise ``ValueError`` if it does not fit.
+
+        A batch fits when it comes from one of the tool's poll groups and has
+        exactly that group's columns, in order.
+        """
+        plan = self._plans.get(batch.group)
+        if plan is None or not np.array_equal(batch.tags, plan.tags):
+            raise ValueError(
+                f"batch {batch.tool}/{batch.group} does not match the tool's poll groups"
+            )
+
+        values = batch.values * plan.scale + plan.offset
+        quality = self._validate(values, batch.quality, plan)
+        good = is_good(quality)
+        scores = self._score(plan, batch.timestamps, values, good)
+
+        self.store.put_readings(
+            self.tool.id, plan.group.name, batch.timestamps, plan.tags, values, quality
+        )
+        closed = plan.summaries.add(batch.timestamps, values, good, scores)
+        self._emit_summaries(plan, closed)
+        if self.telemetry and plan.telemetry.size:
+            self._emit_telemetry(plan, batch.timestamps, values, quality)
+        self.readings += batch.size
+        self.bad_readings += int(batch.size - np.count_nonzero(good))
+
+    def _validate(
+        self,
+        values: npt.NDArray[np.float64],
+        quality: npt.NDArray[np.uint8],
+        plan: _GroupPlan,
+    ) -> npt.NDArray[np.uint8]:
+        good = is_good(quality)
+        not_finite = good & ~np.isfinite(values)
+        out_of_range = good & ((values < plan.low) | (values > plan.high))
+        if not (not_finite.any() or out_of_range.any()):
+            return quality
+        quality = quality.copy()
+        quality[out_of_range] = BAD_OUT_OF_RANGE
+        quality[not_finite] = BAD_NOT_A_NUMBER
+        return quality
+
+    def _score(
+        self,
+        plan: _GroupPlan,
+        timestamps: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        good: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.float64]:
+        """Return the highest score of any scorer per cell (NaN where unscored)."""
+        combined = np.full(values.shape, np.nan)
+        for part in plan.scored:
+            columns = part.columns
+            if len(plan.scored) == 1 and len(columns) == values.shape[1]:
+                cells, valid = values, good  # the common case: no column copies
+            else:
+                cells, valid = values[:, columns], good[:, columns]
+            scores = part.scorer.score(cells, valid)
+            combined[:, columns] = np.fmax(combined[:, columns], scores)
+            self._emit_alerts(plan, part.alerts.update(timestamps, cells, scores))
+        return combined
+
+    def _emit_alerts(self, plan: _GroupPlan, events: Sequence[AlertEvent]) -> None:
+        site, gateway = self.identity.site, self.identity.id
+        units = dict(zip(plan.names, plan.units, strict=True))
+        for event in events:
+            payload = alert_payload(site, gateway, event, units[event.tag])
+            self.store.put_alert(
+                event.tool,
+                event.tag,
+                event.model,
+                event.state,
+                event.severity,
+                event.ts_ns,
+                payload,
+            )
+            self.store.put_message(
+                OutboxMessage(PRIORITY_ALERT, self._topics["alert"], payload)
+            )
+            log.info(
+                "alert_" + event.state,
+                tool=event.tool,
+                tag=event.tag,
+                model=event.model,
+                severity=event.severity,
+                score=round(event.score, 3),
+                value=event.value,
+            )
+
+    def _emit_summaries(
+        self, plan: _GroupPlan, closed: Sequence[WindowSummary]
+    ) -> None:
+        site, gateway = self.identity.site, self.identity.id
+        for summary in closed:
+            payload = summary_payload(
+                site,
+                gateway,
+                self.tool.id,
+                plan.group.name,
+                plan.names,
+                plan.units,
+                summary,
+            )
+            self.store.put_message(
+                OutboxMessage(PRIORITY_SUMMARY, self._topics["summary"], payload)
+            )
+            self._roll_up(plan, summary)
+
+    def _roll_up(self, plan: _GroupPlan, summary: WindowSummary) -> None:
+        hour_ns = summary.start_ns - summary.start_ns % _NS_PER_HOUR
+        for c in np.flatnonzero(summary.count + summary.bad):
+            self.store.put_rollup(
+                self.tool.id,
+                plan.names[c],
+                hour_ns,
+                int(summary.count[c]),
+                float(summary.minimum[c]),
+                float(summary.maximum[c]),
+                float(summary.mean[c]),
+                float(summary.m2[c]),
+                float(summary.last[c]),
+                int(summary.last_ns[c]),
+                int(summary.bad[c]),
+                float(summary.max_score[c]),
+            )
+
+    def _emit_telemetry(
+        self,
+        plan: _GroupPlan,
+        timestamps: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        quality: npt.NDArray[np.uint8],
+    ) -> None:
+        columns = plan.telemetry
+        payload = telemetry_payload(
+            self.identity.site,
+            self.identity.id,
+            self.tool.id,
+            plan.group.name,
+            [plan.names[c] for c in columns],
+            timestamps,
+            values[:, columns],
+            quality[:, columns],
+        )
+        self.store.put_message(
+            OutboxMessage(PRIORITY_TELEMETRY, self._topics["telemetry"], payload)
+        )
+
+    def close_due(self, now_ns: int, grace_s: float) -> None:
+        """Close and emit summary windows that ended ``grace_s`` before ``now_ns``."""
+        grace_ns = int(grace_s * _NS_PER_S)
+        for plan in self._plans.values():
+            self._emit_summaries(plan, plan.summaries.close_due(now_ns, grace_ns))
+
+    def close_all(self) -> None:
+        """Emit every open summary window now (used at shutdown)."""
+        now = time.time_ns()
+        for plan in self._plans.values():
+            self._emit_summaries(plan, plan.summaries.close_due(now, -_NS_PER_HOUR))
+
+    # Model state: saved to the store so a restart resumes where it left off.
+
+    def save_state(self) -> None:
+        """Write every scorer's and alert engine's state to the store."""
+        for plan in self._plans.values():
+            for part in plan.scored:
+                for key, state in self._states(plan, part):
+                    buffer = io.BytesIO()
+                    np.savez(buffer, **state)
+                    self.store.put_state(key, buffer.getvalue())
+
+    def restore_state(self) -> int:
+        """Load saved states that fit the current configuration; return how many."""
+        restored = 0
+        for plan in self._plans.values():
+            for part in plan.scored:
+                for (key, _), target in zip(
+                    self._states(plan, part),
+                    (part.scorer, part.alerts),
+                    strict=True,
+                ):
+                    blob = self.store.get_state(key)
+                    if blob is None:
+                        continue
+                    try:
+                        with np.load(io.BytesIO(blob)) as saved:
+                            target.restore({name: saved[name] for name in saved.files})
+                    except (ValueError, KeyError, OSError) as exc:
+                        log.info("model_state_discarded", key=key, reason=str(exc))
+                        continue
+                    restored += 1
+        return restored
+
+    def _states(
+        self, plan: _GroupPlan, part: _ScoredColumns
+    ) -> list[tuple[str, dict[str, npt.NDArray[np.generic]]]]:
+        # The column names are part of the key, so a changed tag list starts fresh
+        # instead of loading another column's state.
+        names = ",".join(plan.names[c] for c in part.columns).encode()
+        digest = hashlib.sha256(names).hexdigest()[:_STATE_DIGEST_CHARS]
+        prefix = f"model/{self.tool.id}/{plan.group.name}/{part.scorer.name}/{digest}"
+        return [
+            (f"{prefix}/scorer", part.scorer.state()),
+            (f"{prefix}/alerts", part.alerts.state()),
+        ]
+
+    def active_alerts(self) -> list[dict[str, str]]:
+        """Return the tool's active alerts as ``{tag, model}`` entries."""
+        active = []
+        for plan in self._plans.values():
+            for part in plan.scored:
+                active.extend(
+                    {"tag": tag, "model": part.scorer.name}
+                    for tag, on in zip(
+                        part.alerts.tags, part.alerts.active, strict=True
+                    )
+                    if on
+                )
+        return active
