@@ -1,0 +1,237 @@
+"""``edge-gateway demo``: simulated tools, a private broker, and a subscriber's view.
+
+The demo runs the real daemon on ``config/demo`` with its store in a temporary
+folder, starts a private Mosquitto on a free loopback port when one is installed,
+subscribes to the gateway's topics and prints the alerts and summaries as a central
+system would receive them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gateway.config import load_config
+from gateway.config.models import GatewayConfig, LoggingConfig
+from gateway.daemon import run_gateway
+from gateway.logs import configure_logging
+
+__all__ = ["PrivateBroker", "run_demo"]
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo"
+BROKER_START_TIMEOUT_S = 10.0
+SUBSCRIBER_TIMEOUT_S = 10.0
+EXIT_OK = 0
+EXIT_NOTHING_RECEIVED = 1
+
+
+class PrivateBroker:
+    """A Mosquitto process on a free 127.0.0.1 port, with its own config file."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the broker and wait until it accepts connections."""
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            "persistence false\n"
+        )
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + BROKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """Stop the broker (idempotent)."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(slots=True)
+class _Tally:
+    alerts: int = 0
+    summaries: int = 0
+    other: int = 0
+
+
+def run_demo(config_dir: Path | None, duration_s: float) -> int:
+    """Run the demo; return 0 when alerts and summaries arrived over MQTT."""
+    config = load_config(config_dir or DEMO_CONFIG)
+    configure_logging(LoggingConfig(level="warning", format="console"))
+    with tempfile.TemporaryDirectory(prefix="edge-gateway-demo-") as tmp:
+        workdir = Path(tmp)
+        if shutil.which("mosquitto") is None:
+            print(
+                "mosquitto is not installed, so the demo runs store-only.\n"
+                "Install it (Debian/Ubuntu: sudo apt-get install mosquitto) to see "
+                "alerts arrive over MQTT."
+            )
+            demo = _with(config, workdir, port=None)
+            _run_for(demo, duration_s)
+            return EXIT_OK
+        broker = PrivateBroker(workdir)
+        broker.start()
+        try:
+            return _run_with_broker(_with(config, workdir, broker.port), duration_s)
+        finally:
+            broker.stop()
+
+
+def _with(config: GatewayConfig, workdir: Path, port: int | None) -> GatewayConfig:
+    main = config.main
+    mqtt_config = (
+        main.mqtt.model_copy(update={"host": "127.0.0.1", "port": port})
+        if port
+        else main.mqtt.model_copy(update={"enabled": False})
+    )
+    store = main.store.model_copy(update={"path": workdir / "demo.db"})
+    logging = main.logging.model_copy(update={"level": "warning", "format": "console"})
+    updated = main.model_copy(update={"mqtt": mqtt_config, "store": store, "logging": logging})
+    return config.model_copy(update={"main": updated})
+
+
+def _run_with_broker(config: GatewayConfig, duration_s: float) -> int:
+    identity = config.main.gateway
+    topic = f"{config.main.mqtt.topic_prefix}/{identity.site}/{identity.id}/#"
+    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    subscriber = _subscribe(config.main.mqtt.port, topic, received)
+    print(f"demo: broker on 127.0.0.1:{config.main.mqtt.port}, subscribed to {topic}")
+    print(f"demo: running {duration_s:g} s (Ctrl-C stops earlier)\n")
+    tally = _Tally()
+    try:
+        asyncio.run(_run_and_print(config, duration_s, received, tally))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subscriber.loop_stop()
+        subscriber.disconnect()
+    print(
+        f"\ndemo: received {tally.alerts} alert(s), {tally.summaries} summary "
+        f"message(s), {tally.other} other message(s) over MQTT"
+    )
+    if tally.alerts and tally.summaries:
+        return EXIT_OK
+    print("demo: expected both alerts and summaries; see the log above", file=sys.stderr)
+    return EXIT_NOTHING_RECEIVED
+
+
+def _subscribe(
+    port: int, topic: str, received: queue.Queue[tuple[str, bytes]]
+) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edge-gateway-demo")
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received.put((message.topic, message.payload))
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    return client
+
+
+async def _run_and_print(
+    config: GatewayConfig,
+    duration_s: float,
+    received: queue.Queue[tuple[str, bytes]],
+    tally: _Tally,
+) -> None:
+    stop = asyncio.Event()
+    gateway = asyncio.create_task(run_gateway(config, stop), name="gateway")
+    deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
+    try:
+        while not gateway.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            _drain(received, tally)
+    finally:
+        stop.set()
+        await gateway
+        await asyncio.sleep(0.5)
+        _drain(received, tally)
+
+
+def _drain(received: queue.Queue[tuple[str, bytes]], tally: _Tally) -> None:
+    while True:
+        try:
+            topic, payload = received.get_nowait()
+        except queue.Empty:
+            return
+        print(_describe(topic, payload, tally))
+
+
+def _describe(topic: str, payload: bytes, tally: _Tally) -> str:
+    kind = topic.rsplit("/", 1)[-1]
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        tally.other += 1
+        return f"{topic}: {payload[:80]!r}"
+    if kind == "alert":
+        tally.alerts += 1
+        return (
+            f"ALERT {message['state']:<7} {message['severity']:<8} "
+            f"{message['tool']}/{message['tag']}: value {message['value']} "
+            f"{message['unit']}, {message['model']} score {message['score']:.1f} "
+            f"(raise at {message['raise_level']}) at {message['ts']}"
+        )
+    if kind == "summary":
+        tally.summaries += 1
+        tags = message["tags"]
+        parts = [
+            f"{name} {entry['mean']:.4g}±{entry['std']:.2g} max score "
+            f"{entry['max_score'] if entry['max_score'] is None else round(entry['max_score'], 1)}"
+            for name, entry in list(tags.items())[:3]
+            if entry["mean"] is not None and entry["std"] is not None
+        ]
+        more = f" (+{len(tags) - 3} tags)" if len(tags) > 3 else ""
+        return (
+            f"summary {message['tool']}/{message['group']} "
+            f"{message['window_start'][11:19]}-{message['window_end'][11:19]}: "
+            + "; ".join(parts)
+            + more
+        )
+    tally.other += 1
+    if kind == "status":
+        return f"status  {message.get('state')} ({topic})"
+    return f"{kind} {topic}"
