@@ -49,12 +49,14 @@ UInt8Array = npt.NDArray[np.uint8]
 
 def is_good(quality: UInt8Array) -> npt.NDArray[np.bool_]:
     """Return a mask of the readings whose quality class is good."""
-    return (quality & _CLASS_MASK) == GOOD
+    mask: npt.NDArray[np.bool_] = (quality & _CLASS_MASK) == GOOD
+    return mask
 
 
 def is_bad(quality: UInt8Array) -> npt.NDArray[np.bool_]:
     """Return a mask of the readings whose quality class is bad."""
-    return (quality & _CLASS_MASK) == BAD
+    mask: npt.NDArray[np.bool_] = (quality & _CLASS_MASK) == BAD
+    return mask
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,20 +233,21 @@ def _check_groups(tool: ToolConfig, name: str, issues: list[ConfigIssue]) -> Non
                 )
             )
         group_names.add(group.name)
-        for t, tag in enumerate(group.tags):
+        for t, member in enumerate(group.tags):
             key = f"poll_groups[{g}].tags[{t}]"
-            if tag not in tag_names:
-                issues.append(ConfigIssue(name, key, f"no tag named {_show(tag)}"))
-            elif tag in owner:
+            if member not in tag_names:
+                issues.append(ConfigIssue(name, key, f"no tag named {_show(member)}"))
+            elif member in owner:
                 issues.append(
                     ConfigIssue(
                         name,
                         key,
-                        f"tag {_show(tag)} is already in group {_show(owner[tag])}",
+                        f"tag {_show(member)} is already in group "
+                        f"{_show(owner[member])}",
                     )
                 )
             else:
-                owner[tag] = group.name
+                owner[member] = group.name
     for i, tag in enumerate(tool.tags):
         if tag.name not in owner:
             issues.append(
@@ -284,7 +285,8 @@ def _read_toml(
     except tomllib.TOMLDecodeError as exc:
         issues.append(ConfigIssue(name, "", f"not valid TOML: {exc}"))
         return None
-    return _tuples(data)
+    converted: dict[str, Any] = _tuples(data)
+    return converted
 
 
 def _tuples(value: Any) -> Any:
