@@ -135,6 +135,16 @@ class Driver(abc.ABC):
         self.groups = tuple(groups)
         self.stats = PollStats()
 
+    @classmethod
+    def check(cls, settings: Any, tag_names: Sequence[str]) -> list[tuple[str, str]]:
+        """Return ``(key path, rule)`` pairs for rules that span settings and tags.
+
+        The key path is relative to the tool file, such as ``driver.faults[1].tag``.
+        The schema checks each table alone; this catches what only the whole tool
+        shows (a fault naming a tag that does not exist, say). Default: none.
+        """
+        return []
+
     @abc.abstractmethod
     async def connect(self) -> None:
         """Open the session to the tool; raise :class:`ConnectFailed` if it fails."""
@@ -156,12 +166,17 @@ class Driver(abc.ABC):
         Returns only by cancellation; a :class:`DriverError` from any group ends
         all of them and propagates to the supervisor.
         """
-        async with asyncio.TaskGroup() as tasks:
-            for group in self.groups:
-                tasks.create_task(
-                    self._poll_loop(group, sink),
-                    name=f"{self.kind}[{self.tool}].poll[{group.name}]",
-                )
+        # The first link fault ends every group's loop; it is raised bare, not in
+        # the TaskGroup's ExceptionGroup, so the supervisor sees the DriverError.
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for group in self.groups:
+                    tasks.create_task(
+                        self._poll_loop(group, sink),
+                        name=f"{self.kind}[{self.tool}].poll[{group.name}]",
+                    )
+        except* DriverError as faults:
+            raise faults.exceptions[0] from None
 
     async def _poll_loop(self, group: PollGroup, sink: BatchSink) -> None:
         # Ticks are laid on the monotonic clock from the loop's start. A poll that
