@@ -140,7 +140,9 @@ class BlockCodec:
         offset = _put_deltas(raw, 0, ts.view(np.uint64))
         offset = _put_deltas(raw, offset, tag_array.view(np.uint32))
 
-        series = value_array.T.astype(float_dtype, order="C")  # (k, steps)
+        # Beyond float32's range a value becomes an infinity, as documented.
+        with np.errstate(over="ignore"):
+            series = value_array.T.astype(float_dtype, order="C")  # (k, steps)
         bits = series.view(bits_dtype)
         if steps > 1:
             bits[:, 1:] ^= bits[:, :-1]
