@@ -6,12 +6,19 @@ the incremental variance is the exponentially weighted one of T. Finch, 2009,
 "Incremental calculation of weighted mean and variance"). A reading ``x_t`` is
 scored against the state left by the readings before it, then folded in::
 
-    z_t = |x_t - m_{t-1}| / max(sqrt(v_{t-1}), min_std)
-    d   = x_t - m_{t-1}
+    s   = max(sqrt(v_{t-1}), min_std)
+    z_t = |x_t - m_{t-1}| / s
+    d   = clip(x_t - m_{t-1}, -c * s, c * s)      (after warm-up, when c is set)
     m_t = m_{t-1} + alpha * d
     v_t = (1 - alpha) * (v_{t-1} + alpha * d**2)
 
 A score of 1 is one exponentially weighted standard deviation from the mean.
+
+Clipping the deviation that updates the state at ``c`` standard deviations is the
+Huber-type robust exponential smoothing of T. Cipra, 1992, "Robust exponential
+smoothing". Without it one spike inflates ``v`` so much that the very next
+abnormal reading scores low; with it a spike or a step keeps scoring high for as
+long as it lasts, while the mean still follows a real change, slowly.
 """
 
 from __future__ import annotations
@@ -40,11 +47,14 @@ class EwmaParams(ScorerParams):
         min_std: floor on the standard deviation, in the tag's engineering units.
             A tag that has been constant has ``v == 0``; the floor makes its first
             move score large but finite instead of infinite.
+        clip: after warm-up, the deviation folded into the state is clipped to
+            this many standard deviations; ``None`` folds in every deviation whole.
     """
 
     alpha: float = Field(default=0.05, gt=0.0, le=1.0)
     warmup: int = Field(default=30, ge=0)
     min_std: float = Field(default=1e-6, gt=0.0)
+    clip: float | None = Field(default=3.0, gt=0.0)
 
 
 class EwmaZScore(Scorer):
@@ -96,16 +106,17 @@ class EwmaZScore(Scorer):
         self, values: npt.NDArray[np.float64], ok: npt.NDArray[np.bool_]
     ) -> ScoreArray:
         """Score and update row by row, working in place on ``(k,)`` rows."""
-        alpha, min_std, warmup = (
+        alpha, min_std, warmup, clip = (
             self.params.alpha,
             self.params.min_std,
             self.params.warmup,
+            self.params.clip,
         )
         bad = None if ok.all() else ~ok
         warming = bool((self._n < warmup).any())
         m, v, n = self._m, self._v, self._n
         z = np.empty_like(values)
-        d, ad, sd = np.empty(self.k), np.empty(self.k), np.empty(self.k)
+        d, ad, sd, lim = (np.empty(self.k) for _ in range(4))
         keep = np.full(self.k, 1.0 - alpha)
         for t in range(values.shape[0]):
             zt = z[t]
@@ -121,6 +132,13 @@ class EwmaZScore(Scorer):
             np.maximum(sd, min_std, out=sd)
             np.abs(d, out=zt)
             zt /= sd
+            if clip is not None:
+                np.multiply(sd, clip, out=lim)
+                if warming:
+                    np.copyto(lim, np.inf, where=n < warmup)
+                np.minimum(d, lim, out=d)
+                np.negative(lim, out=lim)
+                np.maximum(d, lim, out=d)
 
             np.multiply(d, alpha, out=ad)
             m += ad

@@ -43,9 +43,8 @@ def check_config(directory: Path) -> int:
             f"{len(tool.poll_groups):>6} {rate:>12.1f}{state}"
         )
         for group in tool.poll_groups:
-            print(
-                f"  group {group.name}: {len(group.tags)} tags every {group.interval_s:g} s"
-            )
+            every = f"every {group.interval_s:g} s"
+            print(f"  group {group.name}: {len(group.tags)} tags {every}")
         total_tags += len(tool.tags)
         total_rate += rate
     print()

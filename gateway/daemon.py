@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -150,11 +151,8 @@ class Gateway:
 
     def _process(self, batch: ReadingBatch) -> None:
         # A bad batch is dropped with an ERROR; it never stops the pipeline.
-        pipeline = self.pipelines.get(batch.tool)
         try:
-            if pipeline is None:
-                raise ValueError(f"batch from unknown tool {batch.tool!r}")
-            pipeline.process(batch)
+            self.pipelines[batch.tool].process(batch)
         except Exception:
             self.counters.rejected += 1
             log.exception(
@@ -218,7 +216,7 @@ class Gateway:
                 "dropped_batches": self.counters.rejected,
                 "queued": self.queue.qsize(),
             },
-            "mqtt": None if publisher is None else publisher.status(),
+            "mqtt": None if publisher is None else dataclasses.asdict(publisher.stats),
         }
 
     def _status_json(self, stopped: bool) -> bytes:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import load_config
 from gateway.config.models import GatewayConfig, LoggingConfig
@@ -50,8 +51,7 @@ class PrivateBroker:
         """Start the broker and wait until it accepts connections."""
         conf = self.directory / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            "persistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         )
         self.process = subprocess.Popen(
             ["mosquitto", "-c", str(conf)],
@@ -60,8 +60,9 @@ class PrivateBroker:
         )
         deadline = time.monotonic() + BROKER_START_TIMEOUT_S
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.05)
@@ -108,7 +109,9 @@ def run_demo(config_dir: Path | None, duration_s: float) -> int:
                 "alerts arrive over MQTT."
             )
             demo = _with(config, workdir, port=None)
-            _run_for(demo, duration_s)
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_run_and_print(demo, duration_s, queue.Queue(), _Tally()))
+            print(f"demo: stopped; the store was {workdir / 'demo.db'}")
             return EXIT_OK
         broker = PrivateBroker(workdir)
         broker.start()
@@ -127,7 +130,9 @@ def _with(config: GatewayConfig, workdir: Path, port: int | None) -> GatewayConf
     )
     store = main.store.model_copy(update={"path": workdir / "demo.db"})
     logging = main.logging.model_copy(update={"level": "warning", "format": "console"})
-    updated = main.model_copy(update={"mqtt": mqtt_config, "store": store, "logging": logging})
+    updated = main.model_copy(
+        update={"mqtt": mqtt_config, "store": store, "logging": logging}
+    )
     return config.model_copy(update={"main": updated})
 
 
@@ -152,17 +157,21 @@ def _run_with_broker(config: GatewayConfig, duration_s: float) -> int:
     )
     if tally.alerts and tally.summaries:
         return EXIT_OK
-    print("demo: expected both alerts and summaries; see the log above", file=sys.stderr)
+    print(
+        "demo: expected both alerts and summaries; see the log above", file=sys.stderr
+    )
     return EXIT_NOTHING_RECEIVED
 
 
 def _subscribe(
     port: int, topic: str, received: queue.Queue[tuple[str, bytes]]
 ) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edge-gateway-demo")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-gateway-demo")
 
-    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        received.put((message.topic, message.payload))
+    def on_message(
+        client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        received.put((message.topic, bytes(message.payload)))
 
     client.on_message = on_message
     client.connect("127.0.0.1", port)
@@ -211,7 +220,7 @@ def _describe(topic: str, payload: bytes, tally: _Tally) -> str:
         tally.alerts += 1
         return (
             f"ALERT {message['state']:<7} {message['severity']:<8} "
-            f"{message['tool']}/{message['tag']}: value {message['value']} "
+            f"{message['tool']}/{message['tag']}: value {_significant(message['value'])} "
             f"{message['unit']}, {message['model']} score {message['score']:.1f} "
             f"(raise at {message['raise_level']}) at {message['ts']}"
         )
@@ -219,8 +228,8 @@ def _describe(topic: str, payload: bytes, tally: _Tally) -> str:
         tally.summaries += 1
         tags = message["tags"]
         parts = [
-            f"{name} {entry['mean']:.4g}±{entry['std']:.2g} max score "
-            f"{entry['max_score'] if entry['max_score'] is None else round(entry['max_score'], 1)}"
+            f"{name} {entry['mean']:.4g}±{entry['std']:.2g} "
+            f"max score {_rounded(entry['max_score'])}"
             for name, entry in list(tags.items())[:3]
             if entry["mean"] is not None and entry["std"] is not None
         ]
@@ -235,3 +244,11 @@ def _describe(topic: str, payload: bytes, tally: _Tally) -> str:
     if kind == "status":
         return f"status  {message.get('state')} ({topic})"
     return f"{kind} {topic}"
+
+
+def _rounded(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _significant(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"

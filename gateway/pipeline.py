@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,12 @@ def poll_groups(tool: ToolConfig) -> tuple[PollGroup, ...]:
         )
         for group in tool.poll_groups
     )
+
+
+class _Stateful(Protocol):
+    def state(self) -> dict[str, npt.NDArray[Any]]: ...
+
+    def restore(self, state: dict[str, npt.NDArray[Any]]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -157,7 +164,8 @@ class ToolPipeline:
         plan = self._plans.get(batch.group)
         if plan is None or not np.array_equal(batch.tags, plan.tags):
             raise ValueError(
-                f"batch {batch.tool}/{batch.group} does not match the tool's poll groups"
+                f"batch {batch.tool}/{batch.group} does not match the tool's "
+                "poll groups"
             )
 
         values = batch.values * plan.scale + plan.offset
@@ -313,51 +321,42 @@ class ToolPipeline:
 
     def save_state(self) -> None:
         """Write every scorer's and alert engine's state to the store."""
-        for plan in self._plans.values():
-            for part in plan.scored:
-                for key, state in self._states(plan, part):
-                    buffer = io.BytesIO()
-                    np.savez(buffer, **state)
-                    self.store.put_state(key, buffer.getvalue())
+        for key, holder in self._stateful():
+            buffer = io.BytesIO()
+            np.savez(buffer, allow_pickle=False, **holder.state())
+            self.store.put_state(key, buffer.getvalue())
 
     def restore_state(self) -> int:
         """Load saved states that fit the current configuration; return how many."""
         restored = 0
-        for plan in self._plans.values():
-            for part in plan.scored:
-                for (key, _), target in zip(
-                    self._states(plan, part),
-                    (part.scorer, part.alerts),
-                    strict=True,
-                ):
-                    blob = self.store.get_state(key)
-                    if blob is None:
-                        continue
-                    try:
-                        with np.load(io.BytesIO(blob)) as saved:
-                            target.restore({name: saved[name] for name in saved.files})
-                    except (ValueError, KeyError, OSError) as exc:
-                        log.info("model_state_discarded", key=key, reason=str(exc))
-                        continue
-                    restored += 1
+        for key, holder in self._stateful():
+            blob = self.store.get_state(key)
+            if blob is None:
+                continue
+            try:
+                with np.load(io.BytesIO(blob), allow_pickle=False) as saved:
+                    holder.restore({name: saved[name] for name in saved.files})
+            except (ValueError, KeyError, OSError) as exc:
+                log.info("model_state_discarded", key=key, reason=str(exc))
+                continue
+            restored += 1
         return restored
 
-    def _states(
-        self, plan: _GroupPlan, part: _ScoredColumns
-    ) -> list[tuple[str, dict[str, npt.NDArray[np.generic]]]]:
+    def _stateful(self) -> Iterator[tuple[str, _Stateful]]:
         # The column names are part of the key, so a changed tag list starts fresh
         # instead of loading another column's state.
-        names = ",".join(plan.names[c] for c in part.columns).encode()
-        digest = hashlib.sha256(names).hexdigest()[:_STATE_DIGEST_CHARS]
-        prefix = f"model/{self.tool.id}/{plan.group.name}/{part.scorer.name}/{digest}"
-        return [
-            (f"{prefix}/scorer", part.scorer.state()),
-            (f"{prefix}/alerts", part.alerts.state()),
-        ]
+        for plan in self._plans.values():
+            for part in plan.scored:
+                names = ",".join(plan.names[c] for c in part.columns).encode()
+                digest = hashlib.sha256(names).hexdigest()[:_STATE_DIGEST_CHARS]
+                group, scorer = plan.group.name, part.scorer.name
+                prefix = f"model/{self.tool.id}/{group}/{scorer}/{digest}"
+                yield f"{prefix}/scorer", part.scorer
+                yield f"{prefix}/alerts", part.alerts
 
     def active_alerts(self) -> list[dict[str, str]]:
         """Return the tool's active alerts as ``{tag, model}`` entries."""
-        active = []
+        active: list[dict[str, str]] = []
         for plan in self._plans.values():
             for part in plan.scored:
                 active.extend(

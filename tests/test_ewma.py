@@ -24,6 +24,8 @@ PARAM_SETS = [
     EwmaParams(alpha=0.3, warmup=0, min_std=1e-3),
     EwmaParams(alpha=1.0, warmup=5),
     EwmaParams(alpha=0.01, warmup=200),
+    EwmaParams(alpha=0.1, warmup=4, clip=None),
+    EwmaParams(alpha=0.2, warmup=0, clip=2.5),
 ]
 
 
@@ -41,9 +43,12 @@ def ewma_reference(
                 continue
             if n == 0:
                 m, v = x, 0.0
-            z = abs(x - m) / max(math.sqrt(v), params.min_std)
+            sd = max(math.sqrt(v), params.min_std)
+            z = abs(x - m) / sd
             scores[t, j] = 0.0 if n < params.warmup else z
             d = x - m
+            if params.clip is not None and n >= params.warmup:
+                d = min(max(d, -params.clip * sd), params.clip * sd)
             m += params.alpha * d
             v = (1 - params.alpha) * (v + params.alpha * d * d)
             n += 1
@@ -220,3 +225,17 @@ def test_scores_nonnegative_or_nan_where_invalid(
     invalid = ~valid | ~np.isfinite(values)
     np.testing.assert_array_equal(np.isnan(scores), invalid)
     assert (scores[~invalid] >= 0).all()
+
+
+def test_clipping_keeps_a_sustained_spike_scoring_high() -> None:
+    """With clipping every sample of a five-sample spike scores high; without, only the first."""
+    rng = np.random.default_rng(11)
+    values = rng.normal(50.0, 0.3, (205, 1))
+    values[200:] += 25.0
+    valid = np.ones(values.shape, dtype=bool)
+
+    clipped = EwmaZScore(EwmaParams(warmup=20), 1).score(values, valid)[200:, 0]
+    unclipped = EwmaZScore(EwmaParams(warmup=20, clip=None), 1).score(values, valid)
+    assert (clipped > 6.0).all()
+    assert unclipped[200, 0] > 6.0
+    assert (unclipped[201:, 0] < 6.0).all()

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ ENV_PREFIX = "env:"
 SECRET_KEYS = ("password",)
 
 Loc = tuple[str | int, ...]
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -68,15 +70,15 @@ def load_config(directory: Path) -> GatewayConfig:
     """
     issues: list[ConfigIssue] = []
     main = _load_main(directory, issues)
-    tools = [
-        tool
+    tools = {
+        _display(directory, path): tool
         for path in _tool_files(directory, issues)
         if (tool := _load_tool(directory, path, issues)) is not None
-    ]
-    _check_unique_tools(directory, tools, issues)
+    }
+    _check_unique_tools(tools, issues)
     if issues or main is None:
         raise ConfigError(issues)
-    return GatewayConfig(directory=directory, main=main, tools=tuple(tools))
+    return GatewayConfig(directory=directory, main=main, tools=tuple(tools.values()))
 
 
 def _load_main(directory: Path, issues: list[ConfigIssue]) -> MainConfig | None:
@@ -113,23 +115,36 @@ def _load_tool(
     before = len(issues)
     tool = _validate(ToolConfig, data, name, (), issues)
     if tool is None:
+        # The tables the tool schema leaves to their own schemas are still
+        # checked, so that a broken key elsewhere does not hide their issues.
+        if "driver" in data:
+            _validate_driver(data["driver"], name, issues)
+        if isinstance(data.get("scorers"), dict):
+            _validate_scorers(data["scorers"], set(), name, issues)
         return None
 
-    driver = _validate_driver(tool, name, issues)
-    scorers = _validate_scorers(tool, name, issues)
+    driver = _validate_driver(tool.driver, name, issues)
+    used = {scorer for tag in tool.tags for scorer in tag.scorers}
+    scorers = _validate_scorers(tool.scorers, used, name, issues)
     tags = _validate_tags(tool, driver, name, issues)
     _check_groups(tool, name, issues)
+    if driver is not None:
+        tag_names = [tag.name for tag in tool.tags]
+        for key, rule in driver_class(driver.kind).check(driver, tag_names):
+            issues.append(ConfigIssue(name, key, rule))
     if len(issues) > before:
         return None
     return tool.model_copy(update={"driver": driver, "scorers": scorers, "tags": tags})
 
 
-def _validate_driver(tool: ToolConfig, name: str, issues: list[ConfigIssue]) -> Any:
-    table = tool.driver
+def _validate_driver(table: Any, name: str, issues: list[ConfigIssue]) -> Any:
     if not isinstance(table, dict):
         issues.append(ConfigIssue(name, "driver", "must be a table with a kind key"))
         return None
-    kind = table.get("kind")
+    if "kind" not in table:
+        issues.append(ConfigIssue(name, "driver.kind", _RULES["missing"]))
+        return None
+    kind = table["kind"]
     if kind not in DRIVER_KINDS:
         choices = ", ".join(DRIVER_KINDS)
         issues.append(
@@ -142,14 +157,14 @@ def _validate_driver(tool: ToolConfig, name: str, issues: list[ConfigIssue]) -> 
 
 
 def _validate_scorers(
-    tool: ToolConfig, name: str, issues: list[ConfigIssue]
+    tables: dict[str, Any], used: set[str], name: str, issues: list[ConfigIssue]
 ) -> dict[str, Any]:
-    used = {scorer for tag in tool.tags for scorer in tag.scorers}
+    """Validate each ``[scorers.NAME]`` table and those of scorers ``used`` by tags."""
     scorers: dict[str, Any] = {}
-    for kind in sorted(used | set(tool.scorers)):
+    for kind in sorted(used | set(tables)):
         if kind not in SCORER_KINDS:
             continue  # reported on the tag (or below, for a stray table)
-        table = tool.scorers.get(kind, {})
+        table = tables.get(kind, {})
         if not isinstance(table, dict):
             issues.append(ConfigIssue(name, f"scorers.{kind}", "must be a table"))
             continue
@@ -157,7 +172,7 @@ def _validate_scorers(
             scorer_class(kind).Params, table, name, ("scorers", kind), issues
         )
         scorers[kind] = params
-    for kind in sorted(set(tool.scorers) - set(SCORER_KINDS)):
+    for kind in sorted(set(tables) - set(SCORER_KINDS)):
         choices = ", ".join(SCORER_KINDS)
         issues.append(
             ConfigIssue(name, f"scorers.{kind}", f"unknown scorer; known: {choices}")
@@ -258,15 +273,19 @@ def _check_groups(tool: ToolConfig, name: str, issues: list[ConfigIssue]) -> Non
 
 
 def _check_unique_tools(
-    directory: Path, tools: list[ToolConfig], issues: list[ConfigIssue]
+    tools: dict[str, ToolConfig], issues: list[ConfigIssue]
 ) -> None:
-    seen: set[str] = set()
-    for tool in tools:
-        if tool.id in seen:
+    first: dict[str, str] = {}
+    for name, tool in tools.items():
+        if tool.id in first:
             issues.append(
-                ConfigIssue(TOOLS_DIR, "id", f"tool id {_show(tool.id)} is used twice")
+                ConfigIssue(
+                    name,
+                    "id",
+                    f"tool id {_show(tool.id)} is also used by {first[tool.id]}",
+                )
             )
-        seen.add(tool.id)
+        first.setdefault(tool.id, name)
 
 
 def _read_toml(
@@ -284,6 +303,9 @@ def _read_toml(
         return None
     except tomllib.TOMLDecodeError as exc:
         issues.append(ConfigIssue(name, "", f"not valid TOML: {exc}"))
+        return None
+    except UnicodeDecodeError as exc:
+        issues.append(ConfigIssue(name, "", f"not valid TOML: {_not_utf8(exc)}"))
         return None
     converted: dict[str, Any] = _tuples(data)
     return converted
@@ -314,6 +336,8 @@ def _resolve_secrets(
                     name, _key((*where, key)), f"give {key} or {file_key}, not both"
                 )
             )
+            del table[file_key]
+            table[key] = None
             continue
         if file_key in table:
             secret = _read_secret_file(
@@ -350,7 +374,9 @@ def _read_secret_file(
         issues.append(
             ConfigIssue(name, _key(where), f"cannot read {path}: {exc.strerror}")
         )
-        return None
+    except UnicodeDecodeError:
+        issues.append(ConfigIssue(name, _key(where), f"{path} is not UTF-8 text"))
+    return None
 
 
 def _validate(
@@ -364,9 +390,23 @@ def _validate(
         return model.model_validate(data)
     except ValidationError as exc:
         issues.extend(
-            ConfigIssue(name, _key((*where, *e["loc"])), _rule(e)) for e in exc.errors()
+            ConfigIssue(name, _key((*where, *e["loc"])), _rule(e))
+            for e in exc.errors()
+            if not _short_by_failed_items(e)
         )
         return None
+
+
+def _short_by_failed_items(error: Any) -> bool:
+    """Tell whether a ``too_short`` error only counts the items that failed.
+
+    pydantic checks an array's length after dropping its invalid items, so one
+    bad entry in a one-entry array also reports the array as too short.
+    """
+    if error["type"] != "too_short":
+        return False
+    given = error["input"]
+    return isinstance(given, Sized) and len(given) >= error["ctx"]["min_length"]
 
 
 # What each pydantic error type means, in the words of the rule that was broken.
@@ -382,6 +422,7 @@ _RULES = {
     "model_type": "must be a table",
     "model_attributes_type": "must be a table",
     "path_type": "must be a path string",
+    "finite_number": "must be a finite number",
 }
 
 
@@ -423,7 +464,8 @@ def _key(loc: Loc) -> str:
         if isinstance(part, int):
             parts.append(f"[{part}]")
         else:
-            parts.append(("." if parts else "") + part)
+            shown = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
+            parts.append(("." if parts else "") + shown)
     return "".join(parts)
 
 
@@ -434,6 +476,10 @@ def _show(value: Any) -> str:
         return json.dumps(value, default=str)
     except (TypeError, ValueError):
         return repr(value)
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
 
 
 def _display(directory: Path, path: Path) -> str:

@@ -9,9 +9,16 @@ naming the file, the key path and the rule.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AlertRule",
@@ -32,10 +39,14 @@ __all__ = [
 Identifier = str  # validated by ID_PATTERN where used
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Severity = Literal["info", "warning", "critical"]
+# TOML has no path type: a path is a string, which strict mode alone would refuse.
+ConfigPath = Annotated[Path, Field(strict=False)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False
+    )
 
 
 class GatewayIdentity(Model):
@@ -48,7 +59,7 @@ class GatewayIdentity(Model):
 class StoreConfig(Model):
     """``[store]``: the local SQLite database and its limits."""
 
-    path: Path = Path("gateway.db")
+    path: ConfigPath = Path("gateway.db")
     commit_interval_ms: int = Field(default=250, ge=1, le=10_000)
     max_bytes: int = Field(default=2_000_000_000, ge=1_000_000)
     max_age_days: float = Field(default=30.0, gt=0)
@@ -61,9 +72,9 @@ class TlsConfig(Model):
     """``[mqtt.tls]``: TLS to the broker; the server certificate is verified."""
 
     enabled: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = None
     verify: bool = True
 
     @model_validator(mode="after")
@@ -180,11 +191,17 @@ class TagConfig(Model):
     alerts: Any = Field(default_factory=dict)
     source: Any = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _limits_ordered(self) -> TagConfig:
-        if self.limits is not None and self.limits[0] >= self.limits[1]:
-            raise ValueError("limits must be [low, high] with low < high")
-        return self
+    # A field validator, so that the error's location is the ``limits`` key.
+    @field_validator("limits")
+    @classmethod
+    def _limits_ordered(
+        cls, limits: tuple[float, float] | None
+    ) -> tuple[float, float] | None:
+        if limits is not None and limits[0] >= limits[1]:
+            raise ValueError(
+                f"must be [low, high] with low < high, got [{limits[0]}, {limits[1]}]"
+            )
+        return limits
 
 
 class PollGroupConfig(Model):

@@ -19,7 +19,7 @@ from gateway.store.records import (
     ToolStoreStats,
     merge_rollups,
 )
-from gateway.store.store import Readings, Store
+from gateway.store.store import Readings, Store, StoreReader
 
 __all__ = [
     "PRIORITY_ALERT",
@@ -37,6 +37,7 @@ __all__ = [
     "Store",
     "StoreClosedError",
     "StoreError",
+    "StoreReader",
     "StoreStats",
     "ToolStoreStats",
     "decode_block",

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from gateway.config.models import StoreConfig
 from gateway.store.codec import decode_block
 from gateway.store.db import connect_reader, open_writer, used_bytes
-from gateway.store.errors import StoreClosedError
+from gateway.store.errors import StoreClosedError, StoreError
 from gateway.store.records import (
     PRIORITY_ALERT,
     PRIORITY_TELEMETRY,
@@ -47,7 +47,7 @@ from gateway.store.writer import (
     rollup_from_row,
 )
 
-__all__ = ["Readings", "Store"]
+__all__ = ["Readings", "Store", "StoreReader"]
 
 Readings = tuple[
     npt.NDArray[np.int64],
@@ -60,7 +60,230 @@ _NS_MIN = -(2**63)
 _NS_MAX = 2**63 - 1
 
 
-class Store:
+class StoreReader:
+    """Read access to a store that another process (the daemon) may be writing.
+
+    ``edge-gateway status`` uses it; it never creates, migrates or moves a file.
+    """
+
+    _writer: Writer | None = None
+
+    def __init__(self, path: Path) -> None:
+        """Use :meth:`open`."""
+        self.path = path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path) -> StoreReader:
+        """Open the existing database at ``path`` for reading.
+
+        Raises:
+            StoreError: there is no database at ``path``, or it cannot be read.
+        """
+        if not path.is_file():
+            raise StoreError(f"no store at {path}")
+        reader = cls(path)
+        reader._reader()
+        return reader
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close every read connection. Idempotent."""
+        with self._readers_lock:
+            if self._closed:
+                return
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+
+    # Readers --------------------------------------------------------------------
+
+    def outbox_backlog(self) -> dict[int, tuple[int, int | None]]:
+        """Return ``priority -> (messages queued, oldest creation time in ns)``.
+
+        Priorities with no message map to ``(0, None)``.
+
+        Raises:
+            StoreClosedError: the store is closed.
+        """
+        backlog: dict[int, tuple[int, int | None]] = dict.fromkeys(
+            range(PRIORITY_ALERT, PRIORITY_TELEMETRY + 1), (0, None)
+        )
+        rows = self._reader().execute(
+            "SELECT priority, count(*), min(created_ns) FROM outbox GROUP BY priority"
+        )
+        for priority, count, oldest in rows:
+            backlog[priority] = (count, oldest)
+        return backlog
+
+    def read_readings(
+        self, tool: str, start_ns: int | None = None, end_ns: int | None = None
+    ) -> Readings:
+        """Return the tool's stored readings with ``start_ns <= t < end_ns``.
+
+        Long format, ordered by time (stable, so by tag within one instant of a
+        block): timestamps int64 ``(n,)`` in nanoseconds, tags int32 ``(n,)``,
+        values float64 ``(n,)``, quality uint8 ``(n,)``. Readings not yet
+        committed are not included.
+
+        Raises:
+            StoreClosedError: the store is closed.
+            CodecError: a stored block is damaged.
+        """
+        start = _NS_MIN if start_ns is None else start_ns
+        end = _NS_MAX if end_ns is None else end_ns
+        rows = self._reader().execute(
+            "SELECT t_min, t_max, data FROM reading_blocks"
+            " WHERE tool = ? AND t_min < ? AND t_max >= ? ORDER BY t_min, id",
+            (tool, end, start),
+        )
+        parts = [
+            _long_format(t_min, t_max, data, start, end) for t_min, t_max, data in rows
+        ]
+        if not parts:
+            return (
+                np.empty(0, np.int64),
+                np.empty(0, np.int32),
+                np.empty(0, np.float64),
+                np.empty(0, np.uint8),
+            )
+        ts, tags, values, quality = (
+            np.concatenate(column) for column in zip(*parts, strict=True)
+        )
+        # Blocks of one poll group arrive in order: sort only when groups overlap.
+        if ts.size > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
+            order = np.argsort(ts, kind="stable")
+            ts, tags, values, quality = (
+                ts[order],
+                tags[order],
+                values[order],
+                quality[order],
+            )
+        return ts, tags, values, quality
+
+    def get_state(self, key: str) -> bytes | None:
+        """Return the state snapshot stored under ``key``, or None.
+
+        Raises:
+            StoreClosedError: the store is closed.
+        """
+        row = (
+            self._reader()
+            .execute("SELECT blob FROM state WHERE key = ?", (key,))
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    def rollups(self, tool: str) -> list[Rollup]:
+        """Return the tool's hourly roll-ups, by tag then hour.
+
+        Raises:
+            StoreClosedError: the store is closed.
+        """
+        rows = self._reader().execute(
+            f"SELECT {ROLLUP_COLUMNS} FROM rollups"
+            " WHERE tool = ? ORDER BY tag, hour_ns",
+            (tool,),
+        )
+        return [rollup_from_row(row) for row in rows]
+
+    def alert_history(self, tool: str | None = None) -> list[AlertRecord]:
+        """Return the stored alert transitions (of ``tool``, or all), oldest first.
+
+        Raises:
+            StoreClosedError: the store is closed.
+        """
+        where, args = ("WHERE tool = ?", (tool,)) if tool is not None else ("", ())
+        rows = self._reader().execute(
+            "SELECT id, tool, tag, model, state, severity, ts_ns, payload"
+            f" FROM alert_history {where} ORDER BY ts_ns, id",
+            args,
+        )
+        return [
+            AlertRecord(i, t, tag, m, st, sev, ts, bytes(p))
+            for i, t, tag, m, st, sev, ts, p in rows
+        ]
+
+    def event_history(self, tool: str | None = None) -> list[EventRecord]:
+        """Return the stored equipment events (of ``tool``, or all), oldest first.
+
+        Raises:
+            StoreClosedError: the store is closed.
+        """
+        where, args = ("WHERE tool = ?", (tool,)) if tool is not None else ("", ())
+        rows = self._reader().execute(
+            f"SELECT id, tool, name, ts_ns, payload FROM event_history {where}"
+            " ORDER BY ts_ns, id",
+            args,
+        )
+        return [EventRecord(i, t, n, ts, bytes(p)) for i, t, n, ts, p in rows]
+
+    def tool_stats(self) -> dict[str, ToolStoreStats]:
+        """Return, per tool with stored readings, readings, blocks and newest time.
+
+        Raises:
+            StoreClosedError: the store is closed.
+        """
+        rows = self._reader().execute(
+            "SELECT tool, sum(readings), count(*), max(t_max) FROM reading_blocks"
+            " GROUP BY tool"
+        )
+        return {
+            tool: ToolStoreStats(readings=readings, blocks=blocks, last_reading_ns=last)
+            for tool, readings, blocks, last in rows
+        }
+
+    def stats(self) -> StoreStats:
+        """Return the store's sizes (bytes), eviction counts and writer activity.
+
+        Raises:
+            StoreClosedError: the store is closed.
+        """
+        conn = self._reader()
+        blocks, readings = conn.execute(
+            "SELECT count(*), coalesce(sum(readings), 0) FROM reading_blocks"
+        ).fetchone()
+        evictions = dict(conn.execute("SELECT kind, rows FROM evictions").fetchall())
+        return StoreStats(
+            file_bytes=_file_size(self.path),
+            wal_bytes=_file_size(self.path.with_name(self.path.name + "-wal")),
+            used_bytes=used_bytes(conn),
+            evictions=evictions,
+            blocks=blocks,
+            readings=readings,
+            commits=self._writer.commits if self._writer else 0,
+            pending=self._writer.pending if self._writer else 0,
+            dropped=self._writer.dropped if self._writer else 0,
+        )
+
+    def _reader(self) -> sqlite3.Connection:
+        """Return this thread's read connection, opening it on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        with self._readers_lock:
+            if self._closed:
+                raise StoreClosedError("store is closed")
+            if conn is None:
+                conn = connect_reader(self.path)
+                self._readers.append(conn)
+                self._local.conn = conn
+        return conn
+
+
+class Store(StoreReader):
     """One SQLite database in WAL mode, written by one thread with group commit.
 
     Open with :meth:`open`; close with :meth:`close` (or use as a context manager).
@@ -70,16 +293,14 @@ class Store:
 
     def __init__(self, path: Path, config: StoreConfig, writer: Writer) -> None:
         """Use :meth:`open`; this wires an already opened writer."""
-        self.path = path
+        super().__init__(path)
         self.config = config
-        self._writer = writer
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._closed = False
+        self._writer: Writer = writer
 
     @classmethod
-    def open(cls, path: Path, config: StoreConfig) -> Store:
+    def open(  # type: ignore[override]
+        cls, path: Path, config: StoreConfig
+    ) -> Store:
         """Open or create the database at ``path`` and start the writer thread.
 
         Parent folders are created. A damaged file is moved aside to
@@ -95,14 +316,6 @@ class Store:
 
     def __enter__(self) -> Store:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # Producers ------------------------------------------------------------------
 
@@ -265,19 +478,15 @@ class Store:
 
         Waits at most ``timeout`` seconds for the writer. Idempotent.
         """
-        with self._readers_lock:
-            if self._closed:
-                return
-            self._closed = True
-            readers, self._readers = self._readers, []
+        if self._closed:
+            return
+        super().close()
         stopped = self._writer.stop(timeout)
-        for conn in readers:
-            conn.close()
         # Closed last, the writer's connection checkpoints and removes the WAL.
         if stopped:
             self._writer.close_connection()
 
-    # Readers --------------------------------------------------------------------
+    # The publisher's view of the outbox -------------------------------------------
 
     def pending_messages(
         self, limit: int, exclude: Collection[int] = ()
@@ -314,176 +523,6 @@ class Store:
             if len(out) >= limit:
                 break
         return out
-
-    def outbox_backlog(self) -> dict[int, tuple[int, int | None]]:
-        """Return ``priority -> (messages queued, oldest creation time in ns)``.
-
-        Priorities with no message map to ``(0, None)``.
-
-        Raises:
-            StoreClosedError: the store is closed.
-        """
-        backlog: dict[int, tuple[int, int | None]] = dict.fromkeys(
-            range(PRIORITY_ALERT, PRIORITY_TELEMETRY + 1), (0, None)
-        )
-        rows = self._reader().execute(
-            "SELECT priority, count(*), min(created_ns) FROM outbox GROUP BY priority"
-        )
-        for priority, count, oldest in rows:
-            backlog[priority] = (count, oldest)
-        return backlog
-
-    def read_readings(
-        self, tool: str, start_ns: int | None = None, end_ns: int | None = None
-    ) -> Readings:
-        """Return the tool's stored readings with ``start_ns <= t < end_ns``.
-
-        Long format, ordered by time (stable, so by tag within one instant of a
-        block): timestamps int64 ``(n,)`` in nanoseconds, tags int32 ``(n,)``,
-        values float64 ``(n,)``, quality uint8 ``(n,)``. Readings not yet
-        committed are not included.
-
-        Raises:
-            StoreClosedError: the store is closed.
-            CodecError: a stored block is damaged.
-        """
-        start = _NS_MIN if start_ns is None else start_ns
-        end = _NS_MAX if end_ns is None else end_ns
-        rows = self._reader().execute(
-            "SELECT t_min, t_max, data FROM reading_blocks"
-            " WHERE tool = ? AND t_min < ? AND t_max >= ? ORDER BY t_min, id",
-            (tool, end, start),
-        )
-        parts = [
-            _long_format(t_min, t_max, data, start, end) for t_min, t_max, data in rows
-        ]
-        if not parts:
-            return (
-                np.empty(0, np.int64),
-                np.empty(0, np.int32),
-                np.empty(0, np.float64),
-                np.empty(0, np.uint8),
-            )
-        ts, tags, values, quality = (
-            np.concatenate(column) for column in zip(*parts, strict=True)
-        )
-        # Blocks of one poll group arrive in order: sort only when groups overlap.
-        if ts.size > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
-            order = np.argsort(ts, kind="stable")
-            ts, tags, values, quality = (
-                ts[order],
-                tags[order],
-                values[order],
-                quality[order],
-            )
-        return ts, tags, values, quality
-
-    def get_state(self, key: str) -> bytes | None:
-        """Return the state snapshot stored under ``key``, or None.
-
-        Raises:
-            StoreClosedError: the store is closed.
-        """
-        row = (
-            self._reader()
-            .execute("SELECT blob FROM state WHERE key = ?", (key,))
-            .fetchone()
-        )
-        return None if row is None else bytes(row[0])
-
-    def rollups(self, tool: str) -> list[Rollup]:
-        """Return the tool's hourly roll-ups, by tag then hour.
-
-        Raises:
-            StoreClosedError: the store is closed.
-        """
-        rows = self._reader().execute(
-            f"SELECT {ROLLUP_COLUMNS} FROM rollups"
-            " WHERE tool = ? ORDER BY tag, hour_ns",
-            (tool,),
-        )
-        return [rollup_from_row(row) for row in rows]
-
-    def alert_history(self, tool: str | None = None) -> list[AlertRecord]:
-        """Return the stored alert transitions (of ``tool``, or all), oldest first.
-
-        Raises:
-            StoreClosedError: the store is closed.
-        """
-        where, args = ("WHERE tool = ?", (tool,)) if tool is not None else ("", ())
-        rows = self._reader().execute(
-            "SELECT id, tool, tag, model, state, severity, ts_ns, payload"
-            f" FROM alert_history {where} ORDER BY ts_ns, id",
-            args,
-        )
-        return [
-            AlertRecord(i, t, tag, m, st, sev, ts, bytes(p))
-            for i, t, tag, m, st, sev, ts, p in rows
-        ]
-
-    def event_history(self, tool: str | None = None) -> list[EventRecord]:
-        """Return the stored equipment events (of ``tool``, or all), oldest first.
-
-        Raises:
-            StoreClosedError: the store is closed.
-        """
-        where, args = ("WHERE tool = ?", (tool,)) if tool is not None else ("", ())
-        rows = self._reader().execute(
-            f"SELECT id, tool, name, ts_ns, payload FROM event_history {where}"
-            " ORDER BY ts_ns, id",
-            args,
-        )
-        return [EventRecord(i, t, n, ts, bytes(p)) for i, t, n, ts, p in rows]
-
-    def tool_stats(self) -> dict[str, ToolStoreStats]:
-        """Return, per tool with stored readings, readings, blocks and newest time.
-
-        Raises:
-            StoreClosedError: the store is closed.
-        """
-        rows = self._reader().execute(
-            "SELECT tool, sum(readings), count(*), max(t_max) FROM reading_blocks"
-            " GROUP BY tool"
-        )
-        return {
-            tool: ToolStoreStats(readings=readings, blocks=blocks, last_reading_ns=last)
-            for tool, readings, blocks, last in rows
-        }
-
-    def stats(self) -> StoreStats:
-        """Return the store's sizes (bytes), eviction counts and writer activity.
-
-        Raises:
-            StoreClosedError: the store is closed.
-        """
-        conn = self._reader()
-        blocks, readings = conn.execute(
-            "SELECT count(*), coalesce(sum(readings), 0) FROM reading_blocks"
-        ).fetchone()
-        evictions = dict(conn.execute("SELECT kind, rows FROM evictions").fetchall())
-        return StoreStats(
-            file_bytes=_file_size(self.path),
-            wal_bytes=_file_size(self.path.with_name(self.path.name + "-wal")),
-            used_bytes=used_bytes(conn),
-            evictions=evictions,
-            blocks=blocks,
-            readings=readings,
-            commits=self._writer.commits,
-            pending=self._writer.pending,
-            dropped=self._writer.dropped,
-        )
-
-    def _reader(self) -> sqlite3.Connection:
-        """Return this thread's read connection, opening it on first use."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        with self._readers_lock:
-            if self._closed:
-                raise StoreClosedError("store is closed")
-            if conn is None:
-                conn = connect_reader(self.path)
-                self._readers.append(conn)
-                self._local.conn = conn
-        return conn
 
 
 def _long_format(t_min: int, t_max: int, data: bytes, start: int, end: int) -> Readings:
