@@ -220,7 +220,8 @@ def _describe(topic: str, payload: bytes, tally: _Tally) -> str:
         tally.alerts += 1
         return (
             f"ALERT {message['state']:<7} {message['severity']:<8} "
-            f"{message['tool']}/{message['tag']}: value {_significant(message['value'])} "
+            f"{message['tool']}/{message['tag']}: "
+            f"value {_significant(message['value'])} "
             f"{message['unit']}, {message['model']} score {message['score']:.1f} "
             f"(raise at {message['raise_level']}) at {message['ts']}"
         )

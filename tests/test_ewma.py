@@ -228,7 +228,7 @@ def test_scores_nonnegative_or_nan_where_invalid(
 
 
 def test_clipping_keeps_a_sustained_spike_scoring_high() -> None:
-    """With clipping every sample of a five-sample spike scores high; without, only the first."""
+    """Clipped, every sample of a long spike scores high; unclipped, only the first."""
     rng = np.random.default_rng(11)
     values = rng.normal(50.0, 0.3, (205, 1))
     values[200:] += 25.0
