@@ -112,6 +112,42 @@ class StoreReader:
 
     # Readers --------------------------------------------------------------------
 
+    def pending_messages(
+        self, limit: int, exclude: Collection[int] = ()
+    ) -> list[OutboxRow]:
+        """Return up to ``limit`` unacknowledged messages, by priority then age.
+
+        Messages whose ids are in ``exclude`` (those in flight) or whose ack is
+        queued are left out.
+
+        Raises:
+            StoreClosedError: the store is closed.
+        """
+        skip = set(exclude) | (self._writer.acking() if self._writer else set())
+        rows = self._reader().execute(
+            "SELECT id, priority, topic, payload, qos, retain, created_ns FROM outbox"
+            " ORDER BY priority, id LIMIT ?",
+            (limit + len(skip),),
+        )
+        out: list[OutboxRow] = []
+        for row_id, priority, topic, payload, qos, retain, created_ns in rows:
+            if row_id in skip:
+                continue
+            out.append(
+                OutboxRow(
+                    row_id,
+                    priority,
+                    topic,
+                    bytes(payload),
+                    qos,
+                    bool(retain),
+                    created_ns,
+                )
+            )
+            if len(out) >= limit:
+                break
+        return out
+
     def outbox_backlog(self) -> dict[int, tuple[int, int | None]]:
         """Return ``priority -> (messages queued, oldest creation time in ns)``.
 
@@ -485,44 +521,6 @@ class Store(StoreReader):
         # Closed last, the writer's connection checkpoints and removes the WAL.
         if stopped:
             self._writer.close_connection()
-
-    # The publisher's view of the outbox -------------------------------------------
-
-    def pending_messages(
-        self, limit: int, exclude: Collection[int] = ()
-    ) -> list[OutboxRow]:
-        """Return up to ``limit`` unacknowledged messages, by priority then age.
-
-        Messages whose ids are in ``exclude`` (those in flight) or whose ack is
-        queued are left out.
-
-        Raises:
-            StoreClosedError: the store is closed.
-        """
-        skip = set(exclude) | self._writer.acking()
-        rows = self._reader().execute(
-            "SELECT id, priority, topic, payload, qos, retain, created_ns FROM outbox"
-            " ORDER BY priority, id LIMIT ?",
-            (limit + len(skip),),
-        )
-        out: list[OutboxRow] = []
-        for row_id, priority, topic, payload, qos, retain, created_ns in rows:
-            if row_id in skip:
-                continue
-            out.append(
-                OutboxRow(
-                    row_id,
-                    priority,
-                    topic,
-                    bytes(payload),
-                    qos,
-                    bool(retain),
-                    created_ns,
-                )
-            )
-            if len(out) >= limit:
-                break
-        return out
 
 
 def _long_format(t_min: int, t_max: int, data: bytes, start: int, end: int) -> Readings:
