@@ -164,7 +164,7 @@ def test_alerts_and_summaries_reach_a_subscriber(
     topic_prefix: str,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    """A simulated spike arrives as schema-valid alert and summary messages over MQTT."""
+    """A simulated spike arrives as schema-valid alert and summary messages."""
     config = write_config(tmp_path, broker.port, topic_prefix)
     subscriber = make_subscriber(broker, f"{topic_prefix}/#")
     processes.append(start_gateway(config, tmp_path / "gateway.log"))
@@ -205,7 +205,7 @@ def test_sigkill_while_the_broker_is_down_loses_nothing_committed(
     topic_prefix: str,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    """Messages committed before a kill -9 are all delivered after restart and reconnect."""
+    """Messages committed before a kill -9 are all delivered after a restart."""
     down = make_broker(persistence=True, start=False)
     config = write_config(tmp_path, down.port, topic_prefix)
     store_path = tmp_path / "gateway.db"
@@ -254,7 +254,7 @@ def test_status_reads_the_store_after_the_daemon_stopped(
     topic_prefix: str,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    """``edge-gateway status --json`` reports stopped tools, stored readings and backlog."""
+    """``status --json`` reports stopped tools, stored readings and the backlog."""
     config = write_config(tmp_path, broker.port, topic_prefix)
     processes.append(start_gateway(config, tmp_path / "gateway.log"))
     time.sleep(3.0)
