@@ -168,7 +168,8 @@ class ToolPipeline:
                 "poll groups"
             )
 
-        values = batch.values * plan.scale + plan.offset
+        values = batch.values * plan.scale
+        values += plan.offset
         quality = self._validate(values, batch.quality, plan)
         good = is_good(quality)
         scores = self._score(plan, batch.timestamps, values, good)
@@ -207,17 +208,26 @@ class ToolPipeline:
         good: npt.NDArray[np.bool_],
     ) -> npt.NDArray[np.float64]:
         """Return the highest score of any scorer per cell (NaN where unscored)."""
-        combined = np.full(values.shape, np.nan)
+        combined: npt.NDArray[np.float64] | None = None
         for part in plan.scored:
             columns = part.columns
-            if len(plan.scored) == 1 and len(columns) == values.shape[1]:
-                cells, valid = values, good  # the common case: no column copies
-            else:
-                cells, valid = values[:, columns], good[:, columns]
+            every = len(columns) == values.shape[1]
+            # A scorer over every column (the common case) works on the batch's
+            # own arrays: no column gathers, no scatter back.
+            cells = values if every else values[:, columns]
+            valid = good if every else good[:, columns]
             scores = part.scorer.score(cells, valid)
-            combined[:, columns] = np.fmax(combined[:, columns], scores)
+            if combined is None and every:
+                combined = scores
+            else:
+                if combined is None:
+                    combined = np.full(values.shape, np.nan)
+                if every:
+                    np.fmax(combined, scores, out=combined)
+                else:
+                    combined[:, columns] = np.fmax(combined[:, columns], scores)
             self._emit_alerts(plan, part.alerts.update(timestamps, cells, scores))
-        return combined
+        return combined if combined is not None else np.full(values.shape, np.nan)
 
     def _emit_alerts(self, plan: _GroupPlan, events: Sequence[AlertEvent]) -> None:
         site, gateway = self.identity.site, self.identity.id
