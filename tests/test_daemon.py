@@ -19,7 +19,7 @@ from mosquitto import Broker, Received, wait_until
 
 from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.store import StoreReader
+from gateway.store import StoreError, StoreReader
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "gateway" / "publish" / "schemas"
 COMMIT_INTERVAL_MS = 100
@@ -212,9 +212,11 @@ def test_sigkill_while_the_broker_is_down_loses_nothing_committed(
     processes.append(start_gateway(config, tmp_path / "run1.log"))
 
     def committed() -> list[bytes]:
-        if not store_path.exists():
+        try:
+            reader = StoreReader.open(store_path)
+        except StoreError:  # not created yet
             return []
-        with StoreReader.open(store_path) as store:
+        with reader as store:
             backlog = store.outbox_backlog()
             if backlog[0][0] < 1 or backlog[2][0] < 3:
                 return []

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from gateway.config.models import StoreConfig
 from gateway.store.codec import decode_block
-from gateway.store.db import connect_reader, open_writer, used_bytes
+from gateway.store.db import SCHEMA_VERSION, connect_reader, open_writer, used_bytes
 from gateway.store.errors import StoreClosedError, StoreError
 from gateway.store.records import (
     PRIORITY_ALERT,
@@ -86,7 +86,17 @@ class StoreReader:
         if not path.is_file():
             raise StoreError(f"no store at {path}")
         reader = cls(path)
-        reader._reader()
+        try:
+            version = reader._reader().execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            reader.close()
+            raise StoreError(f"cannot read store {path}: {exc}") from exc
+        if version != SCHEMA_VERSION:
+            reader.close()
+            raise StoreError(
+                f"store {path} has schema version {version}, this gateway reads "
+                f"{SCHEMA_VERSION} (a daemon still creating it shows 0)"
+            )
         return reader
 
     def __enter__(self) -> StoreReader:
