@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -323,9 +322,8 @@ class ToolPipeline:
 
     def close_all(self) -> None:
         """Emit every open summary window now (used at shutdown)."""
-        now = time.time_ns()
         for plan in self._plans.values():
-            self._emit_summaries(plan, plan.summaries.close_due(now, -_NS_PER_HOUR))
+            self._emit_summaries(plan, plan.summaries.flush())
 
     # Model state: saved to the store so a restart resumes where it left off.
 
