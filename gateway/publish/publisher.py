@@ -347,6 +347,8 @@ class Publisher:
         """
         if self._thread is not None:
             raise RuntimeError("Publisher.run() was already started")
+        if self._finished:
+            return
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(
             target=self._network_main, name=f"mqtt[{self.client_id}]", daemon=True
@@ -370,8 +372,11 @@ class Publisher:
         session is closed cleanly; if it is not acknowledged in time the session
         is dropped so that the broker publishes the last will instead.
         """
-        if self._thread is None or self._finished:
+        if self._thread is None:
+            self._finished = True  # a later run() returns at once
             return
+        if self._closing or self._finished:
+            return  # already stopping or stopped
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s
         reserve = min(_OFFLINE_RESERVE_S, deadline_s / 2)
