@@ -215,6 +215,10 @@ def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
+def _network_thread_writes(client: mqtt.Client, userdata: object, sock: object) -> None:
+    """paho write-registration hook: nothing to do, the network thread writes."""
+
+
 @dataclass(slots=True)
 class _Session:
     """Per-connection facts known to the network thread (paho's userdata)."""
@@ -565,6 +569,12 @@ class Publisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        # Without a loop_start() thread, paho's publish() writes to the socket
+        # from the calling thread (here the event loop) while the network thread
+        # may be writing too: packets could go out of order or interleave. With a
+        # write-registration callback set, publish() only queues the packet and
+        # wakes the network thread, whose loop() does all the writing.
+        client.on_socket_register_write = _network_thread_writes
         return client
 
     def _network_main(self) -> None:
@@ -577,9 +587,12 @@ class Publisher:
                     self._config.host, self._config.port, self._config.keepalive_s
                 )
             except (OSError, ValueError) as exc:
-                self._retry_later(backoff, str(exc) or type(exc).__name__)
+                if not self._halt.is_set():
+                    self._retry_later(backoff, str(exc) or type(exc).__name__)
                 continue
             self._serve(client)
+            if self._halt.is_set():
+                return  # closed on request: not a failure to report
             if session.established_at is not None:
                 if time.monotonic() - session.established_at >= _STABLE_SESSION_S:
                     backoff.reset()
