@@ -202,4 +202,3 @@ class Driver(abc.ABC):
                 overruns[group.name] = overruns.get(group.name, 0) + skipped
             tick = next_tick
             await asyncio.sleep(max(0.0, start + tick * interval - time.monotonic()))
-
