@@ -87,11 +87,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: GatewayConfig) -> int:
+    import structlog
+
     from gateway.daemon import run_gateway
     from gateway.logs import configure_logging
+    from gateway.store import StoreError
 
     configure_logging(config.main.logging)
-    asyncio.run(run_gateway(config))
+    try:
+        asyncio.run(run_gateway(config))
+    except StoreError as exc:
+        structlog.get_logger(__name__).error("store_unusable", error=str(exc))
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

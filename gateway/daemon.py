@@ -224,15 +224,27 @@ class Gateway:
 
 
 async def run_gateway(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set).
+
+    SIGHUP is answered with a WARNING and otherwise ignored, so a reload request
+    never kills the daemon; a changed configuration takes effect at restart.
+
+    Raises:
+        StoreError: the store cannot be opened.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_requested)
     try:
         gateway = Gateway(config)
         await gateway.run(stop)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(signum)
+
+
+def _reload_requested() -> None:
+    log.warning("reload_unsupported", action="restart the service to apply changes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -300,14 +301,18 @@ def test_sigterm_exits_zero_and_keeps_the_log_json(
     topic_prefix: str,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    """SIGTERM stops the daemon with exit 0, and every log line is one JSON object."""
+    """SIGHUP is survived, SIGTERM exits 0, and every log line is JSON."""
     config = write_config(tmp_path, broker.port, topic_prefix)
     log = tmp_path / "gateway.log"
     processes.append(start_gateway(config, log))
     time.sleep(2.0)
+    processes[0].send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert processes[0].poll() is None  # a reload request never kills the daemon
     assert stop_gracefully(processes[0]) == 0
 
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert "reload_unsupported" in events
     assert "gateway_started" in events
     assert "gateway_stopping" in events
     assert events[-1] == "gateway_stopped"
@@ -346,3 +351,23 @@ async def test_one_failing_tool_never_stops_another(tmp_path: Path) -> None:
     with StoreReader.open(tmp_path / "gateway.db") as store:
         stored = store.tool_stats()
     assert stored["good-01"].readings >= 2 * good["polls"]
+
+
+def test_a_store_from_a_newer_gateway_stops_start_up_with_one_line(
+    tmp_path: Path,
+) -> None:
+    """A database with a newer schema is refused: exit 1 and one line on stderr."""
+    config = write_config(tmp_path, port=1, prefix="unused", enabled=False)
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        db.execute("PRAGMA user_version = 999")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "999" in line
+    assert str(tmp_path / "gateway.db") in line
