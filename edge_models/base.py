@@ -10,9 +10,16 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ScoreArray", "Scorer", "ScorerParams", "scorer_class"]
+__all__ = [
+    "SCORER_KINDS",
+    "ScoreArray",
+    "Scorer",
+    "ScorerParams",
+    "scorer_class",
+]
 
 ScoreArray = npt.NDArray[np.float64]
+Arrays = dict[str, npt.NDArray[Any]]
 
 
 class ScorerParams(BaseModel):
@@ -24,19 +31,57 @@ class ScorerParams(BaseModel):
 class Scorer(abc.ABC):
     """A causal, stateful anomaly scorer over ``k`` columns (tags).
 
+    Life cycle: :meth:`fit` on rows of normal operation, then :meth:`score` batch
+    after batch. ``fit`` learns the scorer's parameters and its alarm limits from
+    those rows only, and leaves the streaming state as if the rows had just been
+    scored, so scoring continues from them.
+
     ``score`` takes values ``(steps, k)`` and a validity mask of the same shape and
-    returns non-negative scores of the same shape, where larger means more unusual
-    and a score of 1 sits on the scorer's own alarm scale (see each scorer). Row
-    ``i`` is scored from rows before it only. Invalid cells score NaN and leave the
-    state as it was. ``state``/``restore`` carry everything a restart needs.
+    returns ``(steps, outputs)`` scores: one column per tag for a univariate scorer,
+    one column for a multivariate one. Scores are non-negative and normalised to
+    the scorer's alarm limit: 1.0 sits on the limit, 2.0 twice as far out. Row ``i``
+    is scored from rows before it (and itself) only. Invalid cells score NaN and
+    leave their state as it was; a multivariate scorer scores NaN on a row with
+    any invalid cell. A scorer that needs fitting scores NaN until it is fitted.
+
+    ``state``/``restore`` carry the streaming state; ``parameters``/``load_parameters``
+    the fitted parameters (empty for a scorer that learns online only).
     """
 
     name: ClassVar[str]
     Params: ClassVar[type[ScorerParams]]
+    multivariate: ClassVar[bool] = False
+    needs_fit: ClassVar[bool] = False
 
     def __init__(self, params: Any, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"{self.name}: k must be at least 1, got {k}")
         self.params = params
         self.k = k
+        self.fitted = not self.needs_fit
+
+    @property
+    def outputs(self) -> int:
+        """Number of score columns: ``k``, or 1 for a multivariate scorer."""
+        return 1 if self.multivariate else self.k
+
+    def fit(self, normal: npt.NDArray[np.float64]) -> None:
+        """Learn from ``normal`` rows ``(steps, k)``; non-finite cells are missing.
+
+        The default, for scorers that learn online, starts from a fresh state and
+        scores the rows to warm it. Scorers with fitted parameters override it.
+
+        Raises:
+            ValueError: ``normal`` is not ``(steps, k)`` or too short to fit.
+        """
+        normal = self._check_shape(normal)
+        self.reset()
+        self.score(normal, np.isfinite(normal))
+        self.fitted = True
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the streaming state (fitted parameters are kept)."""
 
     @abc.abstractmethod
     def score(
@@ -45,12 +90,30 @@ class Scorer(abc.ABC):
         """Score ``values`` row by row, updating the state; see the class doc."""
 
     @abc.abstractmethod
-    def state(self) -> dict[str, npt.NDArray[Any]]:
-        """Return the state as named arrays (copies), enough to :meth:`restore`."""
+    def state(self) -> Arrays:
+        """Return the streaming state as named arrays (copies)."""
 
     @abc.abstractmethod
-    def restore(self, state: dict[str, npt.NDArray[Any]]) -> None:
+    def restore(self, state: Arrays) -> None:
         """Load a state from :meth:`state`; raise ``ValueError`` if it does not fit."""
+
+    def parameters(self) -> Arrays:
+        """Return the fitted parameters and limits as named arrays (copies)."""
+        return {}
+
+    def load_parameters(self, parameters: Arrays) -> None:
+        """Load :meth:`parameters` output; raise ``ValueError`` if it does not fit."""
+        if parameters:
+            raise ValueError(f"{self.name} has no fitted parameters")
+        self.fitted = True
+
+    def _check_shape(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != self.k:
+            raise ValueError(
+                f"{self.name}: values of shape {values.shape} must be (steps, {self.k})"
+            )
+        return values
 
 
 _REGISTRY = {

@@ -12,7 +12,9 @@ scored against the state left by the readings before it, then folded in::
     m_t = m_{t-1} + alpha * d
     v_t = (1 - alpha) * (v_{t-1} + alpha * d**2)
 
-A score of 1 is one exponentially weighted standard deviation from the mean.
+The score is ``z_t / limit``: 1.0 is ``limit`` exponentially weighted standard
+deviations from the mean, the classical EWMA chart's ``L`` (Lucas and Saccucci,
+1990, "Exponentially weighted moving average control schemes").
 
 Clipping the deviation that updates the state at ``c`` standard deviations is the
 Huber-type robust exponential smoothing of T. Cipra, 1992, "Robust exponential
@@ -49,12 +51,14 @@ class EwmaParams(ScorerParams):
             move score large but finite instead of infinite.
         clip: after warm-up, the deviation folded into the state is clipped to
             this many standard deviations; ``None`` folds in every deviation whole.
+        limit: the alarm limit in standard deviations; the score is ``z / limit``.
     """
 
     alpha: float = Field(default=0.05, gt=0.0, le=1.0)
     warmup: int = Field(default=30, ge=0)
     min_std: float = Field(default=1e-6, gt=0.0)
     clip: float | None = Field(default=3.0, gt=0.0)
+    limit: float = Field(default=6.0, gt=0.0)
 
 
 class EwmaZScore(Scorer):
@@ -72,9 +76,13 @@ class EwmaZScore(Scorer):
     def __init__(self, params: EwmaParams, k: int) -> None:
         super().__init__(params, k)
         self.params: EwmaParams = params
-        self._m = np.zeros(k)
-        self._v = np.zeros(k)
-        self._n = np.zeros(k, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every tag's mean, variance and count."""
+        self._m = np.zeros(self.k)
+        self._v = np.zeros(self.k)
+        self._n = np.zeros(self.k, dtype=np.int64)
 
     def score(
         self, values: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_]
@@ -153,6 +161,7 @@ class EwmaZScore(Scorer):
                 np.copyto(zt, np.nan, where=bad[t])
         if not warming:
             n += values.shape[0] if bad is None else np.count_nonzero(ok, axis=0)
+        z *= 1.0 / self.params.limit
         return z
 
     def state(self) -> dict[str, npt.NDArray[Any]]:

@@ -20,8 +20,10 @@ IntArray = npt.NDArray[np.int64]
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
 
+SCALED = AlertRule(raise_level=6.0, clear_level=3.0, critical_level=12.0)
 RULE_SETS: dict[str, list[AlertRule]] = {
-    "default": [AlertRule()],
+    # The streams' scores span 0..14, so the rule sets use levels of that scale.
+    "default": [SCALED],
     "eager": [
         AlertRule(
             raise_level=5.0,
@@ -44,10 +46,12 @@ RULE_SETS: dict[str, list[AlertRule]] = {
         )
     ],
     "mixed": [
-        AlertRule(),
+        SCALED,
         AlertRule(raise_level=3.0, clear_level=1.0, raise_after=2, cooldown_s=5.0),
         AlertRule(raise_level=8.0, clear_level=8.0, clear_after=1, cooldown_s=0.0),
-        AlertRule(critical_level=None, severity="critical", cooldown_s=60.0),
+        SCALED.model_copy(
+            update={"critical_level": None, "severity": "critical", "cooldown_s": 60.0}
+        ),
     ],
 }
 
@@ -398,7 +402,10 @@ def test_window_statistics_cover_previous_batches() -> None:
 
 def test_active_alerts_and_mask() -> None:
     """Active alerts are listed with their severity and shown in the mask."""
-    rules = [AlertRule(raise_after=1), AlertRule(raise_after=1, severity="info")]
+    rules = [
+        AlertRule(raise_after=1, critical_level=12.0),
+        AlertRule(raise_after=1, severity="info"),
+    ]
     engine = AlertEngine("tool", "ewma", ["a", "b"], rules)
     engine.update(np.array([T0]), np.zeros((1, 2)), np.array([[13.0, 7.0]]))
     assert engine.active_alerts() == [("a", "critical"), ("b", "info")]
@@ -409,7 +416,7 @@ def test_quiet_batches_change_nothing() -> None:
     """Batches with every score under the raise levels leave the state as it was."""
     engine = AlertEngine("tool", "ewma", ["a", "b"], [AlertRule()] * 2)
     before = engine.state()
-    scores = np.array([[1.0, np.nan], [5.9, 0.0]])
+    scores = np.array([[0.2, np.nan], [0.99, 0.0]])
     assert engine.update(T0 + np.arange(2), np.zeros((2, 2)), scores) == []
     after = engine.state()
     for key in before:

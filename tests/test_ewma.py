@@ -45,7 +45,7 @@ def ewma_reference(
                 m, v = x, 0.0
             sd = max(math.sqrt(v), params.min_std)
             z = abs(x - m) / sd
-            scores[t, j] = 0.0 if n < params.warmup else z
+            scores[t, j] = 0.0 if n < params.warmup else z / params.limit
             d = x - m
             if params.clip is not None and n >= params.warmup:
                 d = min(max(d, -params.clip * sd), params.clip * sd)
@@ -166,7 +166,7 @@ def test_constant_then_step_scores_finite() -> None:
     scores = EwmaZScore(EwmaParams(warmup=2, min_std=0.01), 1).score(
         values, np.ones((11, 1), dtype=bool)
     )
-    assert scores[-1, 0] == pytest.approx(0.5 / 0.01)
+    assert scores[-1, 0] == pytest.approx(0.5 / 0.01 / EwmaParams().limit)
 
 
 def test_registry_names_the_class() -> None:
@@ -236,6 +236,18 @@ def test_clipping_keeps_a_sustained_spike_scoring_high() -> None:
 
     clipped = EwmaZScore(EwmaParams(warmup=20), 1).score(values, valid)[200:, 0]
     unclipped = EwmaZScore(EwmaParams(warmup=20, clip=None), 1).score(values, valid)
-    assert (clipped > 6.0).all()
-    assert unclipped[200, 0] > 6.0
-    assert (unclipped[201:, 0] < 6.0).all()
+    assert (clipped > 1.0).all()
+    assert unclipped[200, 0] > 1.0
+    assert (unclipped[201:, 0] < 1.0).all()
+
+
+def test_fit_warms_the_state_so_scoring_continues() -> None:
+    """Fitting on rows then scoring more equals scoring all rows in one go."""
+    values, valid = make_stream(seed=3, steps=300, k=5)
+    values = np.where(valid, values, np.nan)
+    whole = EwmaZScore(EwmaParams(warmup=10), 5).score(values, np.isfinite(values))
+
+    fitted = EwmaZScore(EwmaParams(warmup=10), 5)
+    fitted.fit(values[:120])
+    rest = fitted.score(values[120:], np.isfinite(values[120:]))
+    np.testing.assert_array_equal(rest, whole[120:])

@@ -153,13 +153,13 @@ class AlertRule(Model):
     ``critical_level`` while it was being raised, else ``severity``.
     """
 
-    raise_level: float = Field(default=6.0, gt=0)
-    clear_level: float = Field(default=3.0, ge=0)
+    raise_level: float = Field(default=1.0, gt=0)
+    clear_level: float = Field(default=0.5, ge=0)
     raise_after: int = Field(default=3, ge=1, le=10_000)
     clear_after: int = Field(default=5, ge=1, le=10_000)
     cooldown_s: float = Field(default=30.0, ge=0)
     severity: Severity = "warning"
-    critical_level: float | None = Field(default=12.0, gt=0)
+    critical_level: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _levels(self) -> AlertRule:
