@@ -117,7 +117,14 @@ class Scorer(abc.ABC):
 
 
 _REGISTRY = {
+    "autoencoder": "edge_models.autoencoder:WindowAutoencoder",
+    "cusum": "edge_models.cusum:TabularCusum",
     "ewma": "edge_models.ewma:EwmaZScore",
+    "flatline": "edge_models.flatline:Flatline",
+    "limits": "edge_models.limits:HardLimits",
+    "mad": "edge_models.mad:RollingMad",
+    "pca": "edge_models.pca:PcaT2Q",
+    "rate": "edge_models.limits:RateOfChange",
 }
 
 SCORER_KINDS = tuple(sorted(_REGISTRY))

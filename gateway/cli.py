@@ -46,6 +46,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
 
+    fit = commands.add_parser("fit", help="fit a model on normal data, write its file")
+    fit.add_argument("--kind", required=True, help="model kind, such as pca")
+    fit.add_argument(
+        "--params", default=None, help='parameters as JSON: {"variance": 0.9}'
+    )
+    fit.add_argument(
+        "--csv", type=Path, default=None, help="timestamp,tag1,tag2,... file"
+    )
+    fit.add_argument("--rows", type=int, default=None, help="use the first N CSV rows")
+    fit.add_argument("--config", type=Path, default=None, help="configuration folder")
+    fit.add_argument("--tool", default=None, help="tool id (with --config)")
+    fit.add_argument("--group", default=None, help="poll group (with --config)")
+    fit.add_argument(
+        "--start", default=None, help="ISO time, inclusive (with --config)"
+    )
+    fit.add_argument("--end", default=None, help="ISO time, exclusive (with --config)")
+    fit.add_argument("--out", type=Path, required=True, help="model file to write")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a detector stack on labeled data (SKAB or NAB)"
+    )
+    evaluate.add_argument("data", type=Path, help="folder of labeled data")
+    evaluate.add_argument("--format", choices=("skab", "nab"), default=None)
+    evaluate.add_argument(
+        "--stack", type=Path, default=None, help="detector stack TOML"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
     demo = commands.add_parser("demo", help="run simulated tools end to end over MQTT")
     demo.add_argument(
         "--duration",
@@ -75,6 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.status import show_status
 
             return show_status(_load(args.config), as_json=args.json)
+        if args.command == "fit":
+            from gateway.fit import main as fit_main
+
+            return fit_main(args)
+        if args.command == "evaluate":
+            from gateway.evaluate import main as evaluate_main
+
+            return evaluate_main(args.data, args.format, args.stack, args.json)
         if args.command == "demo":
             from gateway.demo import run_demo
 

@@ -9,11 +9,9 @@ roll-ups, and the outbox messages the publisher forwards.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -26,9 +24,9 @@ from drivers.batch import (
     ReadingBatch,
     is_good,
 )
-from edge_models.base import Scorer, scorer_class
-from gateway.alerts import AlertEngine, AlertEvent
+from gateway.alerts import AlertEvent
 from gateway.config.models import GatewayIdentity, ToolConfig
+from gateway.detector import Detector, Stateful, plan_models
 from gateway.payloads import alert_payload, summary_payload, telemetry_payload
 from gateway.publish.topics import tool_topic
 from gateway.store import (
@@ -62,21 +60,6 @@ def poll_groups(tool: ToolConfig) -> tuple[PollGroup, ...]:
     )
 
 
-class _Stateful(Protocol):
-    def state(self) -> dict[str, npt.NDArray[Any]]: ...
-
-    def restore(self, state: dict[str, npt.NDArray[Any]]) -> None: ...
-
-
-@dataclass(slots=True)
-class _ScoredColumns:
-    """One scorer over the columns of a group that use it, and its alert engine."""
-
-    columns: npt.NDArray[np.intp]
-    scorer: Scorer
-    alerts: AlertEngine
-
-
 @dataclass(slots=True)
 class _GroupPlan:
     group: PollGroup
@@ -88,7 +71,7 @@ class _GroupPlan:
     low: npt.NDArray[np.float64]
     high: npt.NDArray[np.float64]
     telemetry: npt.NDArray[np.intp]
-    scored: list[_ScoredColumns]
+    detector: Detector
     summaries: SummaryAccumulator
 
 
@@ -122,19 +105,14 @@ class ToolPipeline:
     def _plan(self, group: PollGroup, summary_window_s: float) -> _GroupPlan:
         tags = [self.tool.tags[i] for i in group.tags]
         limits = [tag.limits or (-np.inf, np.inf) for tag in tags]
-        scored = []
-        for kind in sorted({s for tag in tags for s in tag.scorers}):
-            columns = np.array(
-                [c for c, tag in enumerate(tags) if kind in tag.scorers], dtype=np.intp
-            )
-            scorer = scorer_class(kind)(self.tool.scorers[kind], len(columns))
-            engine = AlertEngine(
-                tool=self.tool.id,
-                model=kind,
-                tags=[tags[c].name for c in columns],
-                rules=[tags[c].alerts for c in columns],
-            )
-            scored.append(_ScoredColumns(columns, scorer, engine))
+        detector = Detector(
+            self.tool.id,
+            [tag.name for tag in tags],
+            [tag.alerts for tag in tags],
+            self.tool.alerts,
+            plan_models(self.tool, group.name),
+            self.tool.fit_rows,
+        )
         return _GroupPlan(
             group=group,
             tags=group.tag_index,
@@ -145,7 +123,7 @@ class ToolPipeline:
             low=np.array([low for low, _ in limits]),
             high=np.array([high for _, high in limits]),
             telemetry=np.flatnonzero([tag.telemetry for tag in tags]),
-            scored=scored,
+            detector=detector,
             summaries=SummaryAccumulator(len(tags), summary_window_s),
         )
 
@@ -206,33 +184,17 @@ class ToolPipeline:
         values: npt.NDArray[np.float64],
         good: npt.NDArray[np.bool_],
     ) -> npt.NDArray[np.float64]:
-        """Return the highest score of any scorer per cell (NaN where unscored)."""
-        combined: npt.NDArray[np.float64] | None = None
-        for part in plan.scored:
-            columns = part.columns
-            every = len(columns) == values.shape[1]
-            # A scorer over every column (the common case) works on the batch's
-            # own arrays: no column gathers, no scatter back.
-            cells = values if every else values[:, columns]
-            valid = good if every else good[:, columns]
-            scores = part.scorer.score(cells, valid)
-            if combined is None and every:
-                combined = scores
-            else:
-                if combined is None:
-                    combined = np.full(values.shape, np.nan)
-                if every:
-                    np.fmax(combined, scores, out=combined)
-                else:
-                    combined[:, columns] = np.fmax(combined[:, columns], scores)
-            self._emit_alerts(plan, part.alerts.update(timestamps, cells, scores))
-        return combined if combined is not None else np.full(values.shape, np.nan)
+        """Return the highest univariate score per cell (NaN where unscored)."""
+        detection = plan.detector.process(timestamps, values, good)
+        self._emit_alerts(plan, detection.events)
+        return detection.scores
 
     def _emit_alerts(self, plan: _GroupPlan, events: Sequence[AlertEvent]) -> None:
         site, gateway = self.identity.site, self.identity.id
         units = dict(zip(plan.names, plan.units, strict=True))
         for event in events:
-            payload = alert_payload(site, gateway, event, units[event.tag])
+            # A multivariate model's alert names the model; its score has no unit.
+            payload = alert_payload(site, gateway, event, units.get(event.tag, ""))
             self.store.put_alert(
                 event.tool,
                 event.tag,
@@ -330,8 +292,11 @@ class ToolPipeline:
     def save_state(self) -> None:
         """Write every scorer's and alert engine's state to the store."""
         for key, holder in self._stateful():
+            state = holder.state()
+            if not state:
+                continue
             buffer = io.BytesIO()
-            np.savez(buffer, allow_pickle=False, **holder.state())
+            np.savez(buffer, allow_pickle=False, **state)
             self.store.put_state(key, buffer.getvalue())
 
     def restore_state(self) -> int:
@@ -350,28 +315,15 @@ class ToolPipeline:
             restored += 1
         return restored
 
-    def _stateful(self) -> Iterator[tuple[str, _Stateful]]:
-        # The column names are part of the key, so a changed tag list starts fresh
-        # instead of loading another column's state.
+    def _stateful(self) -> Iterator[tuple[str, Stateful]]:
         for plan in self._plans.values():
-            for part in plan.scored:
-                names = ",".join(plan.names[c] for c in part.columns).encode()
-                digest = hashlib.sha256(names).hexdigest()[:_STATE_DIGEST_CHARS]
-                group, scorer = plan.group.name, part.scorer.name
-                prefix = f"model/{self.tool.id}/{group}/{scorer}/{digest}"
-                yield f"{prefix}/scorer", part.scorer
-                yield f"{prefix}/alerts", part.alerts
+            prefix = f"model/{self.tool.id}/{plan.group.name}"
+            yield from plan.detector.stateful(prefix)
 
     def active_alerts(self) -> list[dict[str, str]]:
         """Return the tool's active alerts as ``{tag, model}`` entries."""
-        active: list[dict[str, str]] = []
-        for plan in self._plans.values():
-            for part in plan.scored:
-                active.extend(
-                    {"tag": tag, "model": part.scorer.name}
-                    for tag, on in zip(
-                        part.alerts.tags, part.alerts.active, strict=True
-                    )
-                    if on
-                )
-        return active
+        return [
+            alert
+            for plan in self._plans.values()
+            for alert in plan.detector.active_alerts()
+        ]

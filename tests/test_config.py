@@ -15,6 +15,7 @@ import pytest
 from drivers import DRIVER_KINDS
 from drivers.signals import FaultSpec, SignalSpec
 from drivers.simulated import SimulatedSettings
+from edge_models.base import SCORER_KINDS
 from edge_models.ewma import EwmaParams
 from gateway.config import AlertRule, ConfigError, GatewayConfig, load_config
 from gateway.config.models import ID_PATTERN
@@ -603,8 +604,9 @@ def test_unknown_scorer_on_a_tag(tmp_path: Path) -> None:
         tmp_path, 'scorers = ["ewma"]', 'scorers = ["ewma", "iforest"]'
     )
 
+    known = ", ".join(SCORER_KINDS)
     assert issues == [
-        f'{TOOL_FILE}: tags[1].scorers[1]: must be one of ewma, got "iforest"'
+        f'{TOOL_FILE}: tags[1].scorers[1]: must be one of {known}, got "iforest"'
     ]
 
 
@@ -612,7 +614,8 @@ def test_stray_scorer_table(tmp_path: Path) -> None:
     """A [scorers.NAME] table for an unknown scorer is an error, not ignored."""
     issues = tool_issues(tmp_path, "warmup = 30\n", "warmup = 30\n\n[scorers.foo]\n")
 
-    assert issues == [f"{TOOL_FILE}: scorers.foo: unknown scorer; known: ewma"]
+    known = ", ".join(SCORER_KINDS)
+    assert issues == [f"{TOOL_FILE}: scorers.foo: unknown scorer; known: {known}"]
 
 
 @pytest.mark.parametrize(

@@ -224,7 +224,7 @@ def test_model_state_survives_a_restart(store: Store) -> None:
 
     def last_scores(pipeline: ToolPipeline) -> np.ndarray:
         plan = next(iter(pipeline._plans.values()))
-        return plan.scored[0].scorer.score(
+        return plan.detector._parts[0].scorer.score(
             raw[40:] * [0.5, 1.0] + [10.0, 0.0], np.ones((40, 2), bool)
         )
 

@@ -24,7 +24,13 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from drivers import DRIVER_KINDS, driver_class
 from edge_models.base import SCORER_KINDS, scorer_class
-from gateway.config.models import AlertRule, GatewayConfig, MainConfig, ToolConfig
+from gateway.config.models import (
+    AlertRule,
+    GatewayConfig,
+    MainConfig,
+    ModelConfig,
+    ToolConfig,
+)
 
 __all__ = ["MAIN_FILE", "TOOLS_DIR", "ConfigError", "ConfigIssue", "load_config"]
 
@@ -128,13 +134,16 @@ def _load_tool(
     scorers = _validate_scorers(tool.scorers, used, name, issues)
     tags = _validate_tags(tool, driver, name, issues)
     _check_groups(tool, name, issues)
+    models = _validate_models(tool, directory, name, issues)
     if driver is not None:
         tag_names = [tag.name for tag in tool.tags]
         for key, rule in driver_class(driver.kind).check(driver, tag_names):
             issues.append(ConfigIssue(name, key, rule))
     if len(issues) > before:
         return None
-    return tool.model_copy(update={"driver": driver, "scorers": scorers, "tags": tags})
+    return tool.model_copy(
+        update={"driver": driver, "scorers": scorers, "tags": tags, "models": models}
+    )
 
 
 def _validate_driver(table: Any, name: str, issues: list[ConfigIssue]) -> Any:
@@ -180,6 +189,104 @@ def _validate_scorers(
     return scorers
 
 
+def _validate_models(
+    tool: ToolConfig, directory: Path, name: str, issues: list[ConfigIssue]
+) -> tuple[ModelConfig, ...] | None:
+    """Check each ``[[models]]`` entry against the groups, tags and model files."""
+    if tool.models is None:
+        return None
+    groups = {group.name: group for group in tool.poll_groups}
+    tag_names = {tag.name for tag in tool.tags}
+    seen: set[str] = set()
+    models = []
+    for i, model in enumerate(tool.models):
+        where = f"models[{i}]"
+        if model.name in seen or model.name in tag_names:
+            issues.append(
+                ConfigIssue(
+                    name,
+                    f"{where}.name",
+                    f"{_show(model.name)} is already a model or tag name",
+                )
+            )
+        seen.add(model.name)
+        if model.kind not in SCORER_KINDS:
+            choices = ", ".join(SCORER_KINDS)
+            issues.append(
+                ConfigIssue(
+                    name,
+                    f"{where}.kind",
+                    f"must be one of {choices}, got {_show(model.kind)}",
+                )
+            )
+            continue
+        group = groups.get(model.group)
+        if group is None:
+            issues.append(
+                ConfigIssue(
+                    name, f"{where}.group", f"no poll group named {_show(model.group)}"
+                )
+            )
+            continue
+        for j, tag in enumerate(model.tags):
+            if tag not in group.tags:
+                issues.append(
+                    ConfigIssue(
+                        name,
+                        f"{where}.tags[{j}]",
+                        f"{_show(tag)} is not a tag of group {_show(group.name)}",
+                    )
+                )
+        tags = model.tags or group.tags
+        if not isinstance(model.params, dict):
+            issues.append(ConfigIssue(name, f"{where}.params", "must be a table"))
+            continue
+        cls = scorer_class(model.kind)
+        params = _validate(
+            cls.Params, model.params, name, ("models", i, "params"), issues
+        )
+        if params is None:
+            continue
+        params = _resolve_param_paths(params, directory)
+        file = None
+        if model.file is not None:
+            file = model.file if model.file.is_absolute() else directory / model.file
+            for problem in _check_model_file(file, model.kind, tags):
+                issues.append(ConfigIssue(name, f"{where}.file", problem))
+        models.append(
+            model.model_copy(update={"tags": tags, "params": params, "file": file})
+        )
+    return tuple(models)
+
+
+def _resolve_param_paths(params: _M, directory: Path) -> _M:
+    """Take relative paths in scorer parameters from the configuration folder."""
+    relative = {
+        key: directory / value
+        for key, value in params
+        if isinstance(value, Path) and not value.is_absolute()
+    }
+    return params.model_copy(update=relative) if relative else params
+
+
+def _check_model_file(file: Path, kind: str, tags: Sequence[str]) -> list[str]:
+    """Return what makes ``file`` unusable for a ``kind`` model over ``tags``."""
+    from edge_models.modelfile import ModelFileError, load_model
+
+    try:
+        scorer, file_tags = load_model(file)
+    except ModelFileError as exc:
+        return [str(exc)]
+    problems = []
+    if scorer.name != kind:
+        problems.append(f"{file} holds a {scorer.name} model, not {kind}")
+    if tuple(file_tags) != tuple(tags):
+        problems.append(
+            f"{file} was fitted on tags {', '.join(file_tags)}, not {', '.join(tags)}"
+        )
+    return problems
+
+
 def _validate_tags(
     tool: ToolConfig, driver: Any, name: str, issues: list[ConfigIssue]
 ) -> tuple[Any, ...]:
@@ -205,6 +312,15 @@ def _validate_tags(
                         name,
                         f"tags[{i}].scorers[{j}]",
                         f"must be one of {choices}, got {_show(scorer)}",
+                    )
+                )
+            elif scorer_class(scorer).multivariate:
+                issues.append(
+                    ConfigIssue(
+                        name,
+                        f"tags[{i}].scorers[{j}]",
+                        f"{_show(scorer)} scores several tags together: "
+                        "configure it under [[models]]",
                     )
                 )
         rule = _tag_alert_rule(tool.alerts, tag.alerts, name, where, issues)

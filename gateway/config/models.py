@@ -27,6 +27,7 @@ __all__ = [
     "GatewayIdentity",
     "LoggingConfig",
     "MainConfig",
+    "ModelConfig",
     "MqttConfig",
     "PipelineConfig",
     "PollGroupConfig",
@@ -212,12 +213,31 @@ class PollGroupConfig(Model):
     tags: tuple[str, ...] = Field(min_length=1)
 
 
+class ModelConfig(Model):
+    """One ``[[models]]`` entry: a scorer over some of a poll group's tags.
+
+    ``name`` names its alerts (the alert's ``tag`` for a multivariate model).
+    ``tags`` defaults to every tag of ``group``. With ``file``, the fitted model is
+    loaded from that model file (relative paths from the configuration folder);
+    without, it is fitted on the group's first ``fit_rows`` rows. After loading,
+    ``params`` is the scorer's validated ``Params`` and ``file`` is absolute.
+    """
+
+    name: str = Field(pattern=ID_PATTERN)
+    kind: str
+    group: str
+    tags: tuple[str, ...] = ()
+    file: ConfigPath | None = None
+    params: Any = Field(default_factory=dict)
+
+
 class ToolConfig(Model):
     """A tool file, ``tools/<id>.toml``.
 
     After loading, ``driver`` is the driver's validated ``Settings`` model (its
     ``kind`` names the driver) and ``scorers`` maps each scorer used by the tool's
-    tags to its validated ``Params``.
+    tags to its validated ``Params``. ``models`` left out means the default stack
+    (:mod:`gateway.detector`) on every poll group; ``models = []`` means none.
     """
 
     id: str = Field(pattern=ID_PATTERN)
@@ -226,6 +246,8 @@ class ToolConfig(Model):
     driver: Any
     alerts: AlertRule = AlertRule()
     scorers: dict[str, Any] = Field(default_factory=dict)
+    fit_rows: int = Field(default=400, ge=10, le=1_000_000)
+    models: tuple[ModelConfig, ...] | None = None
     poll_groups: tuple[PollGroupConfig, ...] = Field(min_length=1)
     tags: tuple[TagConfig, ...] = Field(min_length=1)
 
