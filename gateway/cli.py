@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--stack", type=Path, default=None, help="detector stack TOML"
     )
+    evaluate.add_argument(
+        "--model", type=Path, default=None, help="a fitted model file to score with"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
     demo = commands.add_parser("demo", help="run simulated tools end to end over MQTT")
@@ -110,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             from gateway.evaluate import main as evaluate_main
 
-            return evaluate_main(args.data, args.format, args.stack, args.json)
+            return evaluate_main(
+                args.data, args.format, args.stack, args.model, args.json
+            )
         if args.command == "demo":
             from gateway.demo import run_demo
 

@@ -89,9 +89,22 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def build_detector(stack: Stack, tags: Sequence[str], fit_rows: int) -> Detector:
-    """Return the stack's detector over ``tags`` (all in one group)."""
+def build_detector(
+    stack: Stack, tags: Sequence[str], fit_rows: int, model_file: Path | None = None
+) -> Detector:
+    """Return the stack's detector over ``tags`` (all in one group).
+
+    With ``model_file``, the detector is that fitted model alone (the stack's
+    alert rule still applies).
+    """
     every = tuple(range(len(tags)))
+    if model_file is not None:
+        from edge_models.modelfile import load_model
+
+        scorer, _ = load_model(model_file, tags=tags)
+        plan = ModelPlan(scorer.name, scorer.name, scorer.params, every, model_file)
+        rules = [stack.alerts] * len(tags)
+        return Detector("evaluation", tags, rules, stack.alerts, [plan], fit_rows)
     plans = [
         ModelPlan(
             kind,
@@ -147,27 +160,36 @@ class Evaluation:
     us_per_row: float
 
 
-def evaluate(folder: Path, data_format: str | None, stack: Stack) -> Evaluation:
-    """Run ``stack`` over the labeled data in ``folder``.
+def evaluate(
+    folder: Path, data_format: str | None, stack: Stack, model_file: Path | None = None
+) -> Evaluation:
+    """Run ``stack`` (or the fitted ``model_file``) over the labeled data in ``folder``.
+
+    With a model file, nothing is fitted per file; the same rows are scored as
+    without one, so the figures compare.
 
     Raises:
-        ValueError: the folder or one of its files is not valid data (one line).
+        ValueError: the folder, one of its files or the model file is not valid
+            (one line).
     """
     kind = data_format or datasets.detect_format(folder)
     if kind == "skab":
-        return _evaluate_skab(folder, stack)
-    return _evaluate_nab(folder, stack)
+        return _evaluate_skab(folder, stack, model_file)
+    return _evaluate_nab(folder, stack, model_file)
 
 
-def _evaluate_skab(folder: Path, stack: Stack) -> Evaluation:
+def _evaluate_skab(folder: Path, stack: Stack, model_file: Path | None) -> Evaluation:
     files = datasets.load_skab_folder(folder)
     alarms = []
     elapsed = 0.0
     rows = 0
     for file in files:
         train, test = skab.split(file)
-        detector = build_detector(stack, file.feature_names, skab.TRAIN_ROWS)
-        detector.fit(train.features)
+        detector = build_detector(
+            stack, file.feature_names, skab.TRAIN_ROWS, model_file
+        )
+        if model_file is None:
+            detector.fit(train.features)
         started = time.perf_counter()
         detection = detector.process(
             test.timestamps, test.features, np.isfinite(test.features)
@@ -192,7 +214,7 @@ def _evaluate_skab(folder: Path, stack: Stack) -> Evaluation:
     )
 
 
-def _evaluate_nab(folder: Path, stack: Stack) -> Evaluation:
+def _evaluate_nab(folder: Path, stack: Stack, model_file: Path | None) -> Evaluation:
     files = datasets.load_nab_corpus(folder)
     all_scores = []
     elapsed = 0.0
@@ -200,8 +222,9 @@ def _evaluate_nab(folder: Path, stack: Stack) -> Evaluation:
     for file in files:
         values = file.values.reshape(-1, 1)
         probation = nab.probationary_rows(len(values))
-        detector = build_detector(stack, ["value"], probation)
-        detector.fit(values[:probation])
+        detector = build_detector(stack, ["value"], probation, model_file)
+        if model_file is None:
+            detector.fit(values[:probation])
         started = time.perf_counter()
         detection = detector.process(
             file.timestamps[probation:],
@@ -232,12 +255,16 @@ def _evaluate_nab(folder: Path, stack: Stack) -> Evaluation:
 
 
 def main(
-    folder: Path, data_format: str | None, stack_file: Path | None, as_json: bool
+    folder: Path,
+    data_format: str | None,
+    stack_file: Path | None,
+    model_file: Path | None,
+    as_json: bool,
 ) -> int:
     """Run the command; print the figures; return the exit code."""
     try:
         stack = load_stack(stack_file)
-        result = evaluate(folder, data_format, stack)
+        result = evaluate(folder, data_format, stack, model_file)
     except ValueError as exc:
         print(f"evaluate: {exc}")
         return 2
