@@ -54,6 +54,7 @@ def build_tool(k: int) -> ToolConfig:
             name=name,
             unit="u",
             limits=(-1e9, 1e9),
+            scorers=("ewma",),
             source=SignalSpec(level=100.0 + i % 50, noise=0.3, amplitude=1.0),
         )
         for i, name in enumerate(names)

@@ -121,6 +121,7 @@ _REGISTRY = {
     "cusum": "edge_models.cusum:TabularCusum",
     "ewma": "edge_models.ewma:EwmaZScore",
     "flatline": "edge_models.flatline:Flatline",
+    "level": "edge_models.level:LevelShift",
     "limits": "edge_models.limits:HardLimits",
     "mad": "edge_models.mad:RollingMad",
     "pca": "edge_models.pca:PcaT2Q",

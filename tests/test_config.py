@@ -17,6 +17,7 @@ from drivers.signals import FaultSpec, SignalSpec
 from drivers.simulated import SimulatedSettings
 from edge_models.base import SCORER_KINDS
 from edge_models.ewma import EwmaParams
+from edge_models.level import LevelParams
 from gateway.config import AlertRule, ConfigError, GatewayConfig, load_config
 from gateway.config.models import ID_PATTERN
 
@@ -910,7 +911,10 @@ def test_tables_become_validated_models(tmp_path: Path) -> None:
         kind="spike", tag="chamber_pressure", at_s=600, magnitude=25.0
     )
     assert tool.tags[0].source == SignalSpec(level=45.0, noise=0.3)
-    assert tool.scorers == {"ewma": EwmaParams(alpha=0.05, warmup=30)}
+    assert tool.scorers == {
+        "ewma": EwmaParams(alpha=0.05, warmup=30),
+        "level": LevelParams(),
+    }
 
 
 def test_arrays_become_tuples(tmp_path: Path) -> None:
@@ -919,7 +923,7 @@ def test_arrays_become_tuples(tmp_path: Path) -> None:
 
     assert tool.tags[0].limits == (0.0, 500.0)
     assert tool.tags[1].scorers == ("ewma",)
-    assert tool.tags[0].scorers == ("ewma",)
+    assert tool.tags[0].scorers == ("ewma", "level")  # the default
     assert tool.poll_groups[0].tags == ("chamber_pressure", "rf_forward_power")
     assert isinstance(tool.driver.faults, tuple)
     assert isinstance(tool.poll_groups, tuple)

@@ -44,6 +44,7 @@ def make_tool(telemetry: bool = False) -> ToolConfig:
         TagConfig(
             name="pressure",
             unit="mTorr",
+            scorers=("ewma",),
             scale=0.5,
             offset=10.0,
             limits=(0.0, 100.0),
@@ -54,6 +55,7 @@ def make_tool(telemetry: bool = False) -> ToolConfig:
         TagConfig(
             name="flow",
             unit="sccm",
+            scorers=("ewma",),
             alerts=RULE,
             source=SignalSpec(level=5.0),
         ),

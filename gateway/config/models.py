@@ -187,7 +187,7 @@ class TagConfig(Model):
     scale: float = 1.0
     offset: float = 0.0
     limits: tuple[float, float] | None = None
-    scorers: tuple[str, ...] = ("ewma",)
+    scorers: tuple[str, ...] = ("ewma", "level")
     telemetry: bool = False
     alerts: Any = Field(default_factory=dict)
     source: Any = Field(default_factory=dict)

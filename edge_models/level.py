@@ -1,0 +1,222 @@
+"""Level shift against a persistence-aware band: the mean of recent readings.
+
+Each tag keeps its last ``window`` valid readings; their mean ``x̄_t`` (this
+reading included) is compared with the tag's normal level, the median ``mu0`` of
+the normal rows, in units of the standard error that such a mean would have if
+the tag kept behaving as it did in those rows::
+
+    se    = sigma0 * g / sqrt(window)
+    score = |x̄_t - mu0| / (limit * se)
+
+``sigma0`` is the standard deviation of the normal rows. ``g`` corrects the
+standard error for serial correlation: a tag whose readings follow each other
+closely (a temperature that drifts slowly) carries little new information per
+reading, so its mean wanders further than that of a noisy tag with the same
+standard deviation. Under a first-order autoregression with lag-one correlation
+``rho`` the long-run variance is ``sigma² (1 + rho) / (1 - rho)`` (the AR(1) case
+of the long-run variance of Newey and West, 1987, "A simple, positive
+semi-definite, heteroskedasticity and autocorrelation consistent covariance
+matrix"), so::
+
+    g = sqrt((1 + rho) / (1 - rho)),   rho = clip(1 - d / 2, 0, max_rho)
+
+where ``d`` is von Neumann's ratio of the mean squared successive difference to
+the variance of the normal rows (J. von Neumann, 1941, "Distribution of the ratio
+of the mean square successive difference to the variance"; ``d ≈ 2 (1 - rho)``).
+A tag that is white noise around its level (``d ≈ 2``) keeps ``g = 1`` and the
+tight band of a plain mean chart; a tag that drifted smoothly in the normal rows
+gets a band wide enough that the same kind of drift later does not alarm, while
+an abrupt shift of a noisy tag (a flow that drops when a valve closes) scores
+high for as long as it lasts.
+
+Only fitted parameters and a window of recent readings are kept; the score has no
+other memory, so it clears as soon as the mean is back inside the band.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from edge_models.base import ScoreArray, Scorer, ScorerParams
+from edge_models.mad import (
+    checked_arrays,
+    checked_batch,
+    require_counts,
+    robust_location_scale,
+)
+
+__all__ = ["LevelParams", "LevelShift", "persistence_factor"]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+MIN_FIT_VALUES = 10
+"""Finite values per tag that fit needs for a median, a deviation and a ratio."""
+
+
+class LevelParams(ScorerParams):
+    """``[scorers.level]``: averaging window, alarm limit, persistence cap, floor.
+
+    Attributes:
+        window: valid readings per tag whose mean is scored; a longer window
+            catches smaller shifts, later.
+        limit: the alarm limit in (persistence-corrected) standard errors of
+            the window mean.
+        max_rho: cap on the lag-one correlation estimated from the normal rows,
+            ``0 <= max_rho < 1``; it bounds the band's widening factor ``g`` at
+            ``sqrt((1 + max_rho) / (1 - max_rho))``.
+        min_std: floor on the fitted standard deviation, in the tag's
+            engineering units, so a tag constant in the normal rows still gets
+            a band of positive width.
+    """
+
+    window: int = Field(default=10, ge=1)
+    limit: float = Field(default=6.0, gt=0.0)
+    max_rho: float = Field(default=0.999, ge=0.0, lt=1.0)
+    min_std: float = Field(default=1e-6, gt=0.0)
+
+
+def persistence_factor(normal: FloatArray, ok: BoolArray, max_rho: float) -> FloatArray:
+    """Return ``g = sqrt((1 + rho) / (1 - rho))`` per tag from von Neumann's ratio.
+
+    ``normal`` is ``(steps, k)``; successive differences are taken between
+    consecutive finite values of a tag (gaps skipped). ``rho = 1 - d / 2`` is
+    clipped to ``[0, max_rho]``; a tag with no variance gets ``g = 1``.
+    """
+    k = normal.shape[1]
+    g = np.ones(k)
+    for j in range(k):
+        column = normal[ok[:, j], j]
+        variance = float(column.var()) if column.size else 0.0
+        if column.size < 2 or variance <= 0.0:
+            continue
+        ratio = float(np.mean(np.diff(column) ** 2)) / variance
+        rho = min(max(1.0 - ratio / 2.0, 0.0), max_rho)
+        g[j] = np.sqrt((1.0 + rho) / (1.0 - rho))
+    return g
+
+
+class LevelShift(Scorer):
+    """Causal window-mean level score per tag, vectorised across the ``k`` tags.
+
+    Needs fitting: scores NaN until :meth:`fit` or :meth:`load_parameters`.
+    Invalid cells (``valid`` False, or a non-finite value) score NaN and leave
+    the tag's window untouched. Until a tag has ``window`` valid readings the
+    mean runs over those there are (``fit`` leaves the window filled from the
+    normal rows). Parameters: ``mu`` (median), ``se`` (the band's standard
+    error ``sigma0 g / sqrt(window)``), both ``(k,)``. State: ``window``
+    ``(k, window)``, each tag's last valid readings oldest first, right-aligned,
+    NaN in the slots not yet filled.
+    """
+
+    name: ClassVar[str] = "level"
+    Params: ClassVar[type[ScorerParams]] = LevelParams
+    needs_fit: ClassVar[bool] = True
+
+    def __init__(self, params: LevelParams, k: int) -> None:
+        super().__init__(params, k)
+        self.params: LevelParams = params
+        self._mu = np.full(k, np.nan)
+        self._se = np.full(k, np.nan)
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty every tag's window."""
+        self._window = np.full((self.k, self.params.window), np.nan)
+
+    def fit(self, normal: FloatArray) -> None:
+        """Learn ``mu`` and ``se`` from ``normal`` rows ``(steps, k)``.
+
+        Non-finite cells are missing. The window is then reset and filled from
+        the rows, so scoring continues from them.
+
+        Raises:
+            ValueError: ``normal`` is not ``(steps, k)``, or a tag has fewer than
+                ``MIN_FIT_VALUES`` finite values in it.
+        """
+        normal = self._check_shape(normal)
+        ok = np.isfinite(normal)
+        require_counts(
+            self.name, np.count_nonzero(ok, axis=0), MIN_FIT_VALUES, "finite values"
+        )
+        mu, _ = robust_location_scale(normal, ok)
+        sigma = np.array(
+            [normal[ok[:, j], j].std() for j in range(self.k)], dtype=np.float64
+        )
+        sigma = np.maximum(sigma, self.params.min_std)
+        g = persistence_factor(normal, ok, self.params.max_rho)
+        self._mu = mu
+        self._se = sigma * g / np.sqrt(self.params.window)
+        self.fitted = True
+        self.reset()
+        self.score(normal, ok)
+
+    def score(self, values: FloatArray, valid: BoolArray) -> ScoreArray:
+        """Score ``values`` ``(steps, k)`` row by row; raise ``ValueError`` on shape."""
+        values, ok = checked_batch(self, values, valid)
+        if not self.fitted:
+            return np.full(values.shape, np.nan)
+        width = self.params.window
+        step, tag = np.nonzero(ok)
+        rank = (np.cumsum(ok, axis=0) - 1)[step, tag]
+
+        # Each tag's readings in order: its window (oldest first, NaN-padded on
+        # the left), then this batch's valid readings, then NaN padding. A valid
+        # cell's mean runs over the ``width`` readings ending at it.
+        readings = np.full((self.k, width + values.shape[0]), np.nan)
+        readings[:, :width] = self._window
+        readings[tag, width + rank] = values[step, tag]
+        filled = np.isfinite(readings)
+        sums = np.cumsum(np.where(filled, readings, 0.0), axis=1)
+        counts = np.cumsum(filled, axis=1)
+        end = width + rank
+        start = rank  # index of the reading just before the window, in cumsum terms
+        total = sums[tag, end] - sums[tag, start]
+        number = counts[tag, end] - counts[tag, start]
+        mean = total / number
+        scores = np.full(values.shape, np.nan)
+        scores[step, tag] = np.abs(mean - self._mu[tag]) / (
+            self.params.limit * self._se[tag]
+        )
+
+        used = np.count_nonzero(ok, axis=0)
+        self._window = readings[
+            np.arange(self.k)[:, None], used[:, None] + np.arange(width)
+        ]
+        return scores
+
+    def state(self) -> dict[str, npt.NDArray[Any]]:
+        """Return a copy of ``window`` ``(k, window)``."""
+        return {"window": self._window.copy()}
+
+    def restore(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Load ``window``; raise ``ValueError`` if the key or shape is wrong."""
+        layout = {"window": ((self.k, self.params.window), np.float64)}
+        arrays = checked_arrays(self.name, "state", state, layout)
+        self._window = arrays["window"]
+
+    def parameters(self) -> dict[str, npt.NDArray[Any]]:
+        """Return copies of ``mu`` and ``se`` (engineering units), each ``(k,)``."""
+        return {"mu": self._mu.copy(), "se": self._se.copy()}
+
+    def load_parameters(self, parameters: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Load ``mu`` and ``se`` and mark the scorer fitted.
+
+        Raises:
+            ValueError: a key is missing, a shape is not ``(k,)``, ``mu`` is not
+                finite or ``se`` is not finite and positive.
+        """
+        layout = dict.fromkeys(("mu", "se"), ((self.k,), np.float64))
+        arrays = checked_arrays(self.name, "parameters", parameters, layout)
+        mu, se = arrays["mu"], arrays["se"]
+        if not np.isfinite(mu).all():
+            raise ValueError(f"{self.name} parameters mu must be finite")
+        if not (np.isfinite(se) & (se > 0.0)).all():
+            raise ValueError(f"{self.name} parameters se must be finite and > 0")
+        self._mu, self._se = mu, se
+        self.fitted = True

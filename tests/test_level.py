@@ -1,0 +1,96 @@
+"""The level scorer against a plain per-row reference, and its drift behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edge_models.level import LevelParams, LevelShift, persistence_factor
+
+
+def reference(
+    normal: np.ndarray, values: np.ndarray, params: LevelParams
+) -> np.ndarray:
+    """Per tag, per row: the mean of the last ``window`` valid readings vs the fit."""
+    k = normal.shape[1]
+    out = np.full(values.shape, np.nan)
+    for j in range(k):
+        train = normal[np.isfinite(normal[:, j]), j]
+        mu = float(np.median(train))
+        sigma = max(float(np.std(train)), params.min_std)
+        d = float(np.mean(np.diff(train) ** 2)) / float(np.var(train))
+        rho = min(max(1.0 - d / 2.0, 0.0), params.max_rho)
+        se = sigma * math.sqrt((1 + rho) / (1 - rho)) / math.sqrt(params.window)
+        history = list(train)
+        for t, x in enumerate(values[:, j]):
+            if not np.isfinite(x):
+                continue
+            history.append(float(x))
+            mean = sum(history[-params.window :]) / params.window
+            out[t, j] = abs(mean - mu) / (params.limit * se)
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 7, 30])
+def test_matches_reference_in_any_batching(window: int) -> None:
+    rng = np.random.default_rng(window)
+    normal = rng.normal(size=(200, 3)) + np.array([0.0, 5.0, -2.0])
+    normal[:, 2] = np.cumsum(normal[:, 2]) * 0.1  # a drifting tag
+    values = rng.normal(size=(150, 3))
+    values[rng.random(values.shape) < 0.1] = np.nan
+    params = LevelParams(window=window, limit=4.0)
+    expected = reference(normal, values, params)
+
+    for batch in (1, 13, 150):
+        scorer = LevelShift(params, 3)
+        scorer.fit(normal)
+        got = np.vstack(
+            [
+                scorer.score(values[i : i + batch], np.isfinite(values[i : i + batch]))
+                for i in range(0, len(values), batch)
+            ]
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-9, equal_nan=True)
+
+
+def test_state_and_parameters_continue_identically() -> None:
+    rng = np.random.default_rng(1)
+    normal, values = rng.normal(size=(100, 2)), rng.normal(size=(40, 2))
+    params = LevelParams(window=5)
+    first = LevelShift(params, 2)
+    first.fit(normal)
+    first.score(values[:20], np.isfinite(values[:20]))
+    second = LevelShift(params, 2)
+    second.load_parameters(first.parameters())
+    second.restore(first.state())
+    ok = np.isfinite(values[20:])
+    np.testing.assert_array_equal(
+        first.score(values[20:], ok), second.score(values[20:], ok)
+    )
+
+
+def test_white_noise_keeps_a_tight_band_and_drift_widens_it() -> None:
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=(400, 1))
+    drift = np.cumsum(rng.normal(size=(400, 1)), axis=0)
+    ok = np.ones((400, 1), dtype=bool)
+    assert persistence_factor(noise, ok, 0.999)[0] == pytest.approx(1.0, abs=0.1)
+    assert persistence_factor(drift, ok, 0.999)[0] > 10.0
+
+
+def test_step_in_a_noisy_tag_scores_while_it_lasts() -> None:
+    rng = np.random.default_rng(3)
+    scorer = LevelShift(LevelParams(window=10, limit=6.0), 1)
+    scorer.fit(rng.normal(size=(400, 1)))
+    step = rng.normal(size=(300, 1)) + 3.0
+    scores = scorer.score(step, np.ones_like(step, dtype=bool))[:, 0]
+    assert (scores[10:] > 1.0).mean() > 0.95
+
+
+def test_unfitted_scores_nan_and_fit_refuses_few_values() -> None:
+    scorer = LevelShift(LevelParams(), 2)
+    assert np.isnan(scorer.score(np.zeros((3, 2)), np.ones((3, 2), bool))).all()
+    with pytest.raises(ValueError, match="at least 10 finite values"):
+        scorer.fit(np.zeros((5, 2)))
