@@ -142,8 +142,7 @@ def with_models(config_dir: Path, models: str) -> list[str]:
     [
         (
             '[[models]]\nname = "m"\nkind = "iforest"\ngroup = "fast"\n',
-            f'models[0].kind: must be one of {", ".join(SCORER_KINDS)}, '
-            'got "iforest"',
+            f'models[0].kind: must be one of {", ".join(SCORER_KINDS)}, got "iforest"',
         ),
         (
             '[[models]]\nname = "m"\nkind = "pca"\ngroup = "fastest"\n',
