@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -33,13 +33,45 @@ __all__ = [
     "Driver",
     "DriverError",
     "DriverSettings",
+    "EquipmentEvent",
     "PollGroup",
     "PollStats",
     "TagSource",
 ]
 
-BatchSink = Callable[[ReadingBatch], Awaitable[None]]
-"""Where a driver hands its batches; awaiting it applies the pipeline's backpressure."""
+
+@dataclass(frozen=True, slots=True)
+class EquipmentEvent:
+    """Something the tool reported by itself: a collection event or an alarm.
+
+    Attributes:
+        tool: the tool's id.
+        kind: ``"event"`` (a collection event with its reports) or ``"alarm"``.
+        ts_ns: when the gateway received it, ns since the Unix epoch.
+        code: the event's id (CEID) or the alarm's (ALID).
+        name: the event's name, or the alarm's text (ALTX).
+        state: for an alarm, ``"set"`` or ``"cleared"``; ``""`` for an event.
+        severity: for an alarm, ``"info"``, ``"warning"`` or ``"critical"``
+            (from its category); ``""`` for an event.
+        data: JSON-ready details: an event's reports, an alarm's code byte.
+    """
+
+    tool: str
+    kind: Literal["event", "alarm"]
+    ts_ns: int
+    code: int
+    name: str
+    state: Literal["set", "cleared", ""] = ""
+    severity: Literal["info", "warning", "critical", ""] = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+BatchSink = Callable[[ReadingBatch | EquipmentEvent], Awaitable[None]]
+"""Where a driver hands its batches and events; awaiting it applies backpressure.
+
+Numeric values a tool pushes (report values, subscription updates) go in as
+batches of the group they belong to; equipment events go in as themselves.
+"""
 
 
 class DriverError(Exception):
@@ -82,13 +114,17 @@ class PollGroup:
 
     Attributes:
         name: the group's name, unique within the tool.
-        interval_s: seconds between polls (a poll never starts sooner).
+        interval_s: seconds between polls (a poll never starts sooner); for a
+            ``subscribe`` group, the sampling interval asked of the tool.
         tags: indices of the group's tags in the tool's tag list.
+        mode: ``"read"`` (polled by :meth:`Driver.acquire`) or ``"subscribe"``
+            (pushed by the tool; only drivers listing it in ``modes`` take it).
     """
 
     name: str
     interval_s: float
     tags: tuple[int, ...]
+    mode: Literal["read", "subscribe"] = "read"
 
     @property
     def tag_index(self) -> Int32Array:
@@ -119,6 +155,7 @@ class Driver(abc.ABC):
     kind: ClassVar[str]
     Settings: ClassVar[type[DriverSettings]]
     Source: ClassVar[type[TagSource]]
+    modes: ClassVar[frozenset[str]] = frozenset({"read"})
 
     def __init__(
         self,
@@ -136,14 +173,25 @@ class Driver(abc.ABC):
         self.stats = PollStats()
 
     @classmethod
-    def check(cls, settings: Any, tag_names: Sequence[str]) -> list[tuple[str, str]]:
+    def check(
+        cls,
+        settings: Any,
+        tag_names: Sequence[str],
+        sources: Sequence[Any],
+        groups: Sequence[PollGroup],
+    ) -> list[tuple[str, str]]:
         """Return ``(key path, rule)`` pairs for rules that span settings and tags.
 
         The key path is relative to the tool file, such as ``driver.faults[1].tag``.
         The schema checks each table alone; this catches what only the whole tool
-        shows (a fault naming a tag that does not exist, say). Default: none.
+        shows (a fault naming a tag that does not exist, a subscribe group on a
+        driver that cannot subscribe). Subclasses extend the base's list.
         """
-        return []
+        return [
+            (f"poll_groups[{g}].mode", f"the {cls.kind} driver cannot {group.mode}")
+            for g, group in enumerate(groups)
+            if group.mode not in cls.modes
+        ]
 
     @abc.abstractmethod
     async def connect(self) -> None:
@@ -161,7 +209,9 @@ class Driver(abc.ABC):
         """Close the session; must not raise."""
 
     async def acquire(self, sink: BatchSink) -> None:
-        """Poll every group on its own interval and hand each batch to ``sink``.
+        """Poll every ``read`` group on its interval and hand each batch to ``sink``.
+
+        Drivers that take ``subscribe`` groups override this to run both.
 
         Returns only by cancellation; a :class:`DriverError` from any group ends
         all of them and propagates to the supervisor.
@@ -171,6 +221,8 @@ class Driver(abc.ABC):
         try:
             async with asyncio.TaskGroup() as tasks:
                 for group in self.groups:
+                    if group.mode != "read":
+                        continue
                     tasks.create_task(
                         self._poll_loop(group, sink),
                         name=f"{self.kind}[{self.tool}].poll[{group.name}]",

@@ -99,12 +99,19 @@ class SimulatedDriver(Driver):
         self._polls: dict[str, int] = {}
 
     @classmethod
-    def check(cls, settings: Any, tag_names: Sequence[str]) -> list[tuple[str, str]]:
-        """Return a ``(key path, rule)`` pair for each fault naming an unknown tag."""
+    def check(
+        cls,
+        settings: Any,
+        tag_names: Sequence[str],
+        sources: Sequence[Any],
+        groups: Sequence[PollGroup],
+    ) -> list[tuple[str, str]]:
+        """Add a ``(key path, rule)`` pair for each fault naming an unknown tag."""
+        issues = super().check(settings, tag_names, sources, groups)
         if not isinstance(settings, SimulatedSettings):
-            return []
+            return issues
         known = set(tag_names)
-        return [
+        return issues + [
             (f"driver.faults[{i}].tag", f"{fault.tag!r} is not a tag of this tool")
             for i, fault in enumerate(settings.faults)
             if fault.tag is not None and fault.tag not in known

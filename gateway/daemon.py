@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from drivers import driver_class
+from drivers.base import EquipmentEvent
 from drivers.batch import ReadingBatch
 from gateway import __version__
 from gateway.config.models import GatewayConfig
@@ -51,6 +52,8 @@ _NS_PER_S = 1_000_000_000
 class _Counters:
     batches: int = 0
     rejected: int = 0
+    events: int = 0
+    rejected_events: int = 0
 
 
 class Gateway:
@@ -60,7 +63,7 @@ class Gateway:
         self.config = config
         main = config.main
         self.store = Store.open(config.store_path, main.store)
-        self.queue: asyncio.Queue[ReadingBatch] = asyncio.Queue(
+        self.queue: asyncio.Queue[ReadingBatch | EquipmentEvent] = asyncio.Queue(
             main.pipeline.queue_batches
         )
         self.counters = _Counters()
@@ -149,8 +152,11 @@ class Gateway:
             finally:
                 self.queue.task_done()
 
-    def _process(self, batch: ReadingBatch) -> None:
+    def _process(self, batch: ReadingBatch | EquipmentEvent) -> None:
         # A bad batch is dropped with an ERROR; it never stops the pipeline.
+        if isinstance(batch, EquipmentEvent):
+            self._process_event(batch)
+            return
         try:
             self.pipelines[batch.tool].process(batch)
         except Exception:
@@ -163,6 +169,20 @@ class Gateway:
             )
             return
         self.counters.batches += 1
+
+    def _process_event(self, event: EquipmentEvent) -> None:
+        try:
+            self.pipelines[event.tool].process_event(event)
+        except Exception:
+            self.counters.rejected_events += 1
+            log.exception(
+                "equipment_event_dropped",
+                tool=event.tool,
+                kind=event.kind,
+                code=event.code,
+            )
+            return
+        self.counters.events += 1
 
     def _finish_pipelines(self) -> None:
         for pipeline in self.pipelines.values():
@@ -214,6 +234,8 @@ class Gateway:
             "pipeline": {
                 "batches": self.counters.batches,
                 "dropped_batches": self.counters.rejected,
+                "events": self.counters.events,
+                "dropped_events": self.counters.rejected_events,
                 "queued": self.queue.qsize(),
             },
             "mqtt": None if publisher is None else dataclasses.asdict(publisher.stats),

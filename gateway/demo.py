@@ -4,6 +4,10 @@ The demo runs the real daemon on ``config/demo`` with its store in a temporary
 folder, starts a private Mosquitto on a free loopback port when one is installed,
 subscribes to the gateway's topics and prints the alerts and summaries as a central
 system would receive them.
+
+A tool whose driver speaks a protocol (not ``simulated``) and that has a simulation
+file, ``simulation/<tool id>.toml`` beside ``tools/``, is served by that protocol's
+simulator on a free loopback port, so the demo's data crosses a real socket.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +30,16 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from drivers.simulation import ToolSimulator, load_simulation, simulator_class
 from gateway.config import load_config
 from gateway.config.models import GatewayConfig, LoggingConfig
 from gateway.daemon import run_gateway
 from gateway.logs import configure_logging
 
-__all__ = ["PrivateBroker", "run_demo"]
+__all__ = ["PrivateBroker", "run_demo", "serve_simulations"]
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo"
+SIMULATION_FOLDER = "simulation"
 BROKER_START_TIMEOUT_S = 10.0
 SUBSCRIBER_TIMEOUT_S = 10.0
 EXIT_OK = 0
@@ -98,7 +105,9 @@ class _Tally:
 
 def run_demo(config_dir: Path | None, duration_s: float) -> int:
     """Run the demo; return 0 when alerts and summaries arrived over MQTT."""
-    config = load_config(config_dir or DEMO_CONFIG)
+    config_dir = config_dir or DEMO_CONFIG
+    config = load_config(config_dir)
+    simulations = config_dir / SIMULATION_FOLDER
     configure_logging(LoggingConfig(level="warning", format="console"))
     with tempfile.TemporaryDirectory(prefix="edge-gateway-demo-") as tmp:
         workdir = Path(tmp)
@@ -110,13 +119,19 @@ def run_demo(config_dir: Path | None, duration_s: float) -> int:
             )
             demo = _with(config, workdir, port=None)
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_run_and_print(demo, duration_s, queue.Queue(), _Tally()))
+                asyncio.run(
+                    _run_and_print(
+                        demo, simulations, duration_s, queue.Queue(), _Tally()
+                    )
+                )
             print(f"demo: stopped; the store was {workdir / 'demo.db'}")
             return EXIT_OK
         broker = PrivateBroker(workdir)
         broker.start()
         try:
-            return _run_with_broker(_with(config, workdir, broker.port), duration_s)
+            return _run_with_broker(
+                _with(config, workdir, broker.port), simulations, duration_s
+            )
         finally:
             broker.stop()
 
@@ -136,7 +151,9 @@ def _with(config: GatewayConfig, workdir: Path, port: int | None) -> GatewayConf
     return config.model_copy(update={"main": updated})
 
 
-def _run_with_broker(config: GatewayConfig, duration_s: float) -> int:
+def _run_with_broker(
+    config: GatewayConfig, simulations: Path, duration_s: float
+) -> int:
     identity = config.main.gateway
     topic = f"{config.main.mqtt.topic_prefix}/{identity.site}/{identity.id}/#"
     received: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -145,7 +162,7 @@ def _run_with_broker(config: GatewayConfig, duration_s: float) -> int:
     print(f"demo: running {duration_s:g} s (Ctrl-C stops earlier)\n")
     tally = _Tally()
     try:
-        asyncio.run(_run_and_print(config, duration_s, received, tally))
+        asyncio.run(_run_and_print(config, simulations, duration_s, received, tally))
     except KeyboardInterrupt:
         pass
     finally:
@@ -180,24 +197,56 @@ def _subscribe(
     return client
 
 
+@contextlib.asynccontextmanager
+async def serve_simulations(
+    config: GatewayConfig, simulations: Path
+) -> AsyncIterator[GatewayConfig]:
+    """Start a protocol simulator for each tool with a simulation file.
+
+    Yields the configuration with those tools' drivers pointed at their simulators;
+    stops the simulators on exit.
+    """
+    tools = []
+    async with contextlib.AsyncExitStack() as stack:
+        for tool in config.tools:
+            path = simulations / f"{tool.id}.toml"
+            if tool.kind == "simulated" or not path.is_file():
+                tools.append(tool)
+                continue
+            simulator: ToolSimulator = simulator_class(tool.kind)(
+                tool, load_simulation(path)
+            )
+            await stack.enter_async_context(simulator)
+            print(
+                f"demo: {tool.id} served by the {tool.kind} simulator on "
+                f"127.0.0.1:{simulator.port}"
+            )
+            tools.append(
+                tool.model_copy(update={"driver": simulator.driver_settings()})
+            )
+        yield config.model_copy(update={"tools": tuple(tools)})
+
+
 async def _run_and_print(
     config: GatewayConfig,
+    simulations: Path,
     duration_s: float,
     received: queue.Queue[tuple[str, bytes]],
     tally: _Tally,
 ) -> None:
-    stop = asyncio.Event()
-    gateway = asyncio.create_task(run_gateway(config, stop), name="gateway")
-    deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
-    try:
-        while not gateway.done() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+    async with serve_simulations(config, simulations) as served:
+        stop = asyncio.Event()
+        gateway = asyncio.create_task(run_gateway(served, stop), name="gateway")
+        deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
+        try:
+            while not gateway.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                _drain(received, tally)
+        finally:
+            stop.set()
+            await gateway
+            await asyncio.sleep(0.5)
             _drain(received, tally)
-    finally:
-        stop.set()
-        await gateway
-        await asyncio.sleep(0.5)
-        _drain(received, tally)
 
 
 def _drain(received: queue.Queue[tuple[str, bytes]], tally: _Tally) -> None:

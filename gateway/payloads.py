@@ -14,14 +14,19 @@ from typing import Any
 
 import numpy as np
 
+from drivers.base import EquipmentEvent
 from gateway.alerts import AlertEvent
 from gateway.summaries import WindowSummary
 
 __all__ = [
     "ALERT_SCHEMA",
+    "EQUIPMENT_ALARM_MODEL",
+    "EVENT_SCHEMA",
     "SUMMARY_SCHEMA",
     "TELEMETRY_SCHEMA",
+    "alarm_alert_payload",
     "alert_payload",
+    "event_payload",
     "iso_utc",
     "summary_payload",
     "telemetry_payload",
@@ -30,6 +35,8 @@ __all__ = [
 ALERT_SCHEMA = "edge-gateway/alert/1"
 SUMMARY_SCHEMA = "edge-gateway/summary/1"
 TELEMETRY_SCHEMA = "edge-gateway/telemetry/1"
+EVENT_SCHEMA = "edge-gateway/event/1"
+EQUIPMENT_ALARM_MODEL = "equipment_alarm"
 
 _NS_PER_S = 1_000_000_000
 
@@ -70,6 +77,57 @@ def alert_payload(site: str, gateway: str, event: AlertEvent, unit: str) -> byte
             "raise_level": event.raise_level,
             "clear_level": event.clear_level,
             "window": {key: _number(value) for key, value in event.window.items()},
+        }
+    )
+
+
+def alarm_alert_payload(
+    site: str, gateway: str, event: EquipmentEvent, started_ns: int
+) -> bytes:
+    """Return the JSON of the alert an equipment alarm raises or clears.
+
+    The tag is ``ALID <n>``, the model ``equipment_alarm``; there is no score or
+    level, and the ``alarm`` object carries the tool's own id and text.
+    """
+    return _encode(
+        {
+            "schema": ALERT_SCHEMA,
+            "site": site,
+            "gateway": gateway,
+            "tool": event.tool,
+            "tag": f"ALID {event.code}",
+            "unit": "",
+            "model": EQUIPMENT_ALARM_MODEL,
+            "state": "raised" if event.state == "set" else "cleared",
+            "severity": event.severity or "warning",
+            "ts": iso_utc(event.ts_ns),
+            "started": iso_utc(started_ns),
+            "value": None,
+            "score": None,
+            "peak_score": None,
+            "raise_level": None,
+            "clear_level": None,
+            "window": {"n": None, "mean": None, "std": None, "min": None, "max": None},
+            "alarm": {"alid": event.code, "text": event.name, **event.data},
+        }
+    )
+
+
+def event_payload(site: str, gateway: str, event: EquipmentEvent) -> bytes:
+    """Return the JSON of one equipment event or alarm report."""
+    return _encode(
+        {
+            "schema": EVENT_SCHEMA,
+            "site": site,
+            "gateway": gateway,
+            "tool": event.tool,
+            "kind": event.kind,
+            "ts": iso_utc(event.ts_ns),
+            "code": event.code,
+            "name": event.name,
+            "state": event.state or None,
+            "severity": event.severity or None,
+            "data": event.data,
         }
     )
 

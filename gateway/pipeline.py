@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from drivers.base import PollGroup
+from drivers.base import EquipmentEvent, PollGroup
 from drivers.batch import (
     BAD_NOT_A_NUMBER,
     BAD_OUT_OF_RANGE,
@@ -27,10 +27,18 @@ from drivers.batch import (
 from gateway.alerts import AlertEvent
 from gateway.config.models import GatewayIdentity, ToolConfig
 from gateway.detector import Detector, Stateful, plan_models
-from gateway.payloads import alert_payload, summary_payload, telemetry_payload
+from gateway.payloads import (
+    EQUIPMENT_ALARM_MODEL,
+    alarm_alert_payload,
+    alert_payload,
+    event_payload,
+    summary_payload,
+    telemetry_payload,
+)
 from gateway.publish.topics import tool_topic
 from gateway.store import (
     PRIORITY_ALERT,
+    PRIORITY_EVENT,
     PRIORITY_SUMMARY,
     PRIORITY_TELEMETRY,
     OutboxMessage,
@@ -55,6 +63,7 @@ def poll_groups(tool: ToolConfig) -> tuple[PollGroup, ...]:
             name=group.name,
             interval_s=group.interval_s,
             tags=tuple(index[name] for name in group.tags),
+            mode=group.mode,
         )
         for group in tool.poll_groups
     )
@@ -95,8 +104,9 @@ class ToolPipeline:
         self.bad_readings = 0
         self._topics = {
             kind: tool_topic(topic_prefix, identity.site, identity.id, tool.id, kind)
-            for kind in ("alert", "summary", "telemetry")
+            for kind in ("alert", "event", "summary", "telemetry")
         }
+        self._alarms: dict[int, int] = {}  # set equipment alarms: ALID -> set at, ns
         self._plans = {
             group.name: self._plan(group, summary_window_s)
             for group in poll_groups(tool)
@@ -160,6 +170,45 @@ class ToolPipeline:
             self._emit_telemetry(plan, batch.timestamps, values, quality)
         self.readings += batch.size
         self.bad_readings += int(batch.size - np.count_nonzero(good))
+
+    def process_event(self, event: EquipmentEvent) -> None:
+        """Store and forward an equipment event; an alarm also raises or clears one.
+
+        A set alarm is an active alert of model ``equipment_alarm`` until the tool
+        clears it. A clear of an alarm the gateway never saw set still clears (the
+        tool's word wins), timed from the clear itself.
+        """
+        site, gateway = self.identity.site, self.identity.id
+        payload = event_payload(site, gateway, event)
+        self.store.put_event(
+            event.tool, event.name or str(event.code), event.ts_ns, payload
+        )
+        self.store.put_message(
+            OutboxMessage(PRIORITY_EVENT, self._topics["event"], payload)
+        )
+        if event.kind != "alarm" or not event.state:
+            return
+        if event.state == "set":
+            started_ns = self._alarms.setdefault(event.code, event.ts_ns)
+        else:
+            started_ns = self._alarms.pop(event.code, event.ts_ns)
+        alert = alarm_alert_payload(site, gateway, event, started_ns)
+        state = "raised" if event.state == "set" else "cleared"
+        tag = f"ALID {event.code}"
+        severity = event.severity or "warning"
+        self.store.put_alert(
+            event.tool, tag, EQUIPMENT_ALARM_MODEL, state, severity, event.ts_ns, alert
+        )
+        self.store.put_message(
+            OutboxMessage(PRIORITY_ALERT, self._topics["alert"], alert)
+        )
+        log.info(
+            "alarm_" + event.state,
+            tool=event.tool,
+            alid=event.code,
+            text=event.name,
+            severity=severity,
+        )
 
     def _validate(
         self,
@@ -322,8 +371,12 @@ class ToolPipeline:
 
     def active_alerts(self) -> list[dict[str, str]]:
         """Return the tool's active alerts as ``{tag, model}`` entries."""
+        alarms = [
+            {"tag": f"ALID {code}", "model": EQUIPMENT_ALARM_MODEL}
+            for code in sorted(self._alarms)
+        ]
         return [
             alert
             for plan in self._plans.values()
             for alert in plan.detector.active_alerts()
-        ]
+        ] + alarms

@@ -252,10 +252,10 @@ def test_check_names_faults_on_unknown_tags() -> None:
         }
     )
 
-    assert SimulatedDriver.check(config, TAG_NAMES) == [
+    assert SimulatedDriver.check(config, TAG_NAMES, [], []) == [
         ("driver.faults[2].tag", "'rf' is not a tag of this tool")
     ]
-    assert SimulatedDriver.check(config, ("rf", "rf_power")) == []
+    assert SimulatedDriver.check(config, ("rf", "rf_power"), [], []) == []
 
 
 def test_sources_must_be_signal_specs() -> None:

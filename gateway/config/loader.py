@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from drivers import DRIVER_KINDS, driver_class
+from drivers.base import PollGroup
 from edge_models.base import SCORER_KINDS, scorer_class
 from gateway.config.models import (
     AlertRule,
@@ -137,8 +138,18 @@ def _load_tool(
     models = _validate_models(tool, directory, name, issues)
     if driver is not None:
         tag_names = [tag.name for tag in tool.tags]
-        for key, rule in driver_class(driver.kind).check(driver, tag_names):
-            issues.append(ConfigIssue(name, key, rule))
+        index = {tag: i for i, tag in enumerate(tag_names)}
+        groups = [
+            PollGroup(
+                g.name,
+                g.interval_s,
+                tuple(index[t] for t in g.tags if t in index),
+                g.mode,
+            )
+            for g in tool.poll_groups
+        ]
+        found = driver_class(driver.kind).check(driver, tag_names, tags, groups)
+        issues.extend(ConfigIssue(name, key, rule) for key, rule in found)
     if len(issues) > before:
         return None
     return tool.model_copy(

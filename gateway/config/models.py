@@ -206,9 +206,16 @@ class TagConfig(Model):
 
 
 class PollGroupConfig(Model):
-    """One ``[[poll_groups]]`` entry: tags read together on one interval."""
+    """One ``[[poll_groups]]`` entry: tags acquired together.
+
+    ``mode = "read"`` (the default) polls the group every ``interval_s``;
+    ``"subscribe"`` lets the tool push the group's values (OPC UA monitored items,
+    SECS/GEM event reports), with ``interval_s`` as the sampling interval asked
+    for. A driver that cannot subscribe refuses such a group at load time.
+    """
 
     name: str = Field(pattern=ID_PATTERN)
+    mode: Literal["read", "subscribe"] = "read"
     interval_s: float = Field(gt=0, le=86_400)
     tags: tuple[str, ...] = Field(min_length=1)
 
