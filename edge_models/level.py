@@ -29,8 +29,17 @@ gets a band wide enough that the same kind of drift later does not alarm, while
 an abrupt shift of a noisy tag (a flow that drops when a valve closes) scores
 high for as long as it lasts.
 
-Only fitted parameters and a window of recent readings are kept; the score has no
-other memory, so it clears as soon as the mean is back inside the band.
+With ``follow > 0`` the level the mean is compared with is not fixed at ``mu0``
+but follows the tag slowly while it is quiet: after each scored reading whose score
+is below ``follow_below``, the level moves ``1 / follow`` of the way to the window
+mean (an exponential average with a time constant of ``follow`` readings). A tag
+that wanders slowly within its band (a temperature warming over an hour, longer
+than the fit rows could show) is followed and does not alarm; a shift that takes
+the mean out past ``follow_below`` freezes the level where it was, so the score
+stays high for as long as the shift lasts and clears when the tag comes back.
+
+Only fitted parameters, the followed level and a window of recent readings are
+kept, so the score clears as soon as the mean is back inside the band.
 """
 
 from __future__ import annotations
@@ -73,12 +82,18 @@ class LevelParams(ScorerParams):
         min_std: floor on the fitted standard deviation, in the tag's
             engineering units, so a tag constant in the normal rows still gets
             a band of positive width.
+        follow: time constant, in valid readings, with which the level follows
+            a quiet tag; 0 keeps the fitted level for good.
+        follow_below: the level follows only after readings scoring below this
+            (a fraction of the alarm limit).
     """
 
     window: int = Field(default=10, ge=1)
     limit: float = Field(default=6.0, gt=0.0)
     max_rho: float = Field(default=0.999, ge=0.0, lt=1.0)
     min_std: float = Field(default=1e-6, gt=0.0)
+    follow: float = Field(default=30.0, ge=0.0)
+    follow_below: float = Field(default=0.5, gt=0.0)
 
 
 def persistence_factor(normal: FloatArray, ok: BoolArray, max_rho: float) -> FloatArray:
@@ -111,7 +126,8 @@ class LevelShift(Scorer):
     normal rows). Parameters: ``mu`` (median), ``se`` (the band's standard
     error ``sigma0 g / sqrt(window)``), both ``(k,)``. State: ``window``
     ``(k, window)``, each tag's last valid readings oldest first, right-aligned,
-    NaN in the slots not yet filled.
+    NaN in the slots not yet filled; ``level`` ``(k,)``, the followed level
+    (``mu`` when ``follow`` is 0).
     """
 
     name: ClassVar[str] = "level"
@@ -126,8 +142,9 @@ class LevelShift(Scorer):
         self.reset()
 
     def reset(self) -> None:
-        """Empty every tag's window."""
+        """Empty every tag's window; the followed level goes back to the fitted one."""
         self._window = np.full((self.k, self.params.window), np.nan)
+        self._level = self._mu.copy()
 
     def fit(self, normal: FloatArray) -> None:
         """Learn ``mu`` and ``se`` from ``normal`` rows ``(steps, k)``.
@@ -155,6 +172,7 @@ class LevelShift(Scorer):
         self.fitted = True
         self.reset()
         self.score(normal, ok)
+        self._level = mu.copy()
 
     def score(self, values: FloatArray, valid: BoolArray) -> ScoreArray:
         """Score ``values`` ``(steps, k)`` row by row; raise ``ValueError`` on shape."""
@@ -179,10 +197,15 @@ class LevelShift(Scorer):
         total = sums[tag, end] - sums[tag, start]
         number = counts[tag, end] - counts[tag, start]
         mean = total / number
-        scores = np.full(values.shape, np.nan)
-        scores[step, tag] = np.abs(mean - self._mu[tag]) / (
-            self.params.limit * self._se[tag]
-        )
+        if self.params.follow > 0.0:
+            means = np.full(values.shape, np.nan)
+            means[step, tag] = mean
+            scores = self._follow(means)
+        else:
+            scores = np.full(values.shape, np.nan)
+            scores[step, tag] = np.abs(mean - self._level[tag]) / (
+                self.params.limit * self._se[tag]
+            )
 
         used = np.count_nonzero(ok, axis=0)
         self._window = readings[
@@ -190,15 +213,40 @@ class LevelShift(Scorer):
         ]
         return scores
 
+    def _follow(self, means: FloatArray) -> ScoreArray:
+        """Score window means ``(steps, k)`` (NaN: no reading) against the level.
+
+        Row by row, since each row's level depends on the scores before it.
+        """
+        scores = np.empty_like(means)
+        band = self.params.limit * self._se
+        rate = 1.0 / self.params.follow
+        below = self.params.follow_below
+        level = self._level.copy()
+        gap = np.empty(self.k)
+        for t, mean in enumerate(means):
+            np.subtract(mean, level, out=gap)
+            score = scores[t]
+            np.divide(np.abs(gap), band, out=score)
+            quiet = score < below  # NaN (no reading) compares False
+            gap *= rate
+            np.add(level, gap, out=level, where=quiet)
+        self._level = level
+        return scores
+
     def state(self) -> dict[str, npt.NDArray[Any]]:
-        """Return a copy of ``window`` ``(k, window)``."""
-        return {"window": self._window.copy()}
+        """Return copies of ``window`` ``(k, window)`` and ``level`` ``(k,)``."""
+        return {"window": self._window.copy(), "level": self._level.copy()}
 
     def restore(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
-        """Load ``window``; raise ``ValueError`` if the key or shape is wrong."""
-        layout = {"window": ((self.k, self.params.window), np.float64)}
+        """Load ``window`` and ``level``; raise ``ValueError`` on a key or shape."""
+        layout = {
+            "window": ((self.k, self.params.window), np.float64),
+            "level": ((self.k,), np.float64),
+        }
         arrays = checked_arrays(self.name, "state", state, layout)
         self._window = arrays["window"]
+        self._level = arrays["level"]
 
     def parameters(self) -> dict[str, npt.NDArray[Any]]:
         """Return copies of ``mu`` and ``se`` (engineering units), each ``(k,)``."""
@@ -219,4 +267,5 @@ class LevelShift(Scorer):
         if not (np.isfinite(se) & (se > 0.0)).all():
             raise ValueError(f"{self.name} parameters se must be finite and > 0")
         self._mu, self._se = mu, se
+        self._level = mu.copy()
         self.fitted = True

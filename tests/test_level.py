@@ -13,7 +13,12 @@ from edge_models.level import LevelParams, LevelShift, persistence_factor
 def reference(
     normal: np.ndarray, values: np.ndarray, params: LevelParams
 ) -> np.ndarray:
-    """Per tag, per row: the mean of the last ``window`` valid readings vs the fit."""
+    """Per tag, per row: the mean of the last ``window`` valid readings vs the level.
+
+    The level starts at the fit rows' median and, with ``follow``, moves
+    ``1 / follow`` of the way to the mean after each reading scoring below
+    ``follow_below``.
+    """
     k = normal.shape[1]
     out = np.full(values.shape, np.nan)
     for j in range(k):
@@ -24,23 +29,28 @@ def reference(
         rho = min(max(1.0 - d / 2.0, 0.0), params.max_rho)
         se = sigma * math.sqrt((1 + rho) / (1 - rho)) / math.sqrt(params.window)
         history = list(train)
+        level = mu
         for t, x in enumerate(values[:, j]):
             if not np.isfinite(x):
                 continue
             history.append(float(x))
             mean = sum(history[-params.window :]) / params.window
-            out[t, j] = abs(mean - mu) / (params.limit * se)
+            out[t, j] = abs(mean - level) / (params.limit * se)
+            if params.follow and out[t, j] < params.follow_below:
+                level += (mean - level) / params.follow
     return out
 
 
+@pytest.mark.parametrize("follow", [0.0, 5.0, 30.0])
 @pytest.mark.parametrize("window", [1, 7, 30])
-def test_matches_reference_in_any_batching(window: int) -> None:
+def test_matches_reference_in_any_batching(window: int, follow: float) -> None:
     rng = np.random.default_rng(window)
     normal = rng.normal(size=(200, 3)) + np.array([0.0, 5.0, -2.0])
     normal[:, 2] = np.cumsum(normal[:, 2]) * 0.1  # a drifting tag
     values = rng.normal(size=(150, 3))
+    values[60:90, 0] += 3.0  # a shift that freezes the followed level
     values[rng.random(values.shape) < 0.1] = np.nan
-    params = LevelParams(window=window, limit=4.0)
+    params = LevelParams(window=window, limit=4.0, follow=follow)
     expected = reference(normal, values, params)
 
     for batch in (1, 13, 150):
@@ -69,6 +79,25 @@ def test_state_and_parameters_continue_identically() -> None:
     np.testing.assert_array_equal(
         first.score(values[20:], ok), second.score(values[20:], ok)
     )
+
+
+def test_slow_wander_is_followed_and_a_step_is_not() -> None:
+    """A tag wandering slowly past its fit-row band alarms only with a fixed level."""
+    rng = np.random.default_rng(4)
+    normal = rng.normal(size=(400, 1))
+    wander = rng.normal(size=(3000, 1)) + np.linspace(0.0, 4.0, 3000)[:, None]
+    step = rng.normal(size=(300, 1)) + 3.0
+    ok = np.ones((3000, 1), dtype=bool)
+    fixed = LevelShift(LevelParams(window=10, limit=6.0, follow=0.0), 1)
+    followed = LevelShift(LevelParams(window=10, limit=6.0, follow=30.0), 1)
+    for scorer in (fixed, followed):
+        scorer.fit(normal)
+    assert (fixed.score(wander, ok)[:, 0] > 1.0).mean() > 0.5
+    assert (followed.score(wander, ok)[:, 0] > 1.0).mean() == 0.0
+    # After the wander, the followed level sits near 4; a step from there is
+    # caught and keeps scoring, since the level freezes while it is out.
+    scores = followed.score(step + 4.0, ok[:300])[:, 0]
+    assert (scores[10:] > 1.0).mean() > 0.95
 
 
 def test_white_noise_keeps_a_tight_band_and_drift_widens_it() -> None:
