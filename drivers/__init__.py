@@ -14,6 +14,9 @@ from drivers.base import Driver
 __all__ = ["DRIVER_KINDS", "driver_class"]
 
 _REGISTRY = {
+    "hsms": "drivers.secs.driver:HsmsDriver",
+    "modbus": "drivers.modbus.driver:ModbusDriver",
+    "opcua": "drivers.opcua.driver:OpcUaDriver",
     "simulated": "drivers.simulated:SimulatedDriver",
 }
 

@@ -51,7 +51,11 @@ __all__ = [
     "simulator_class",
 ]
 
-_SIMULATORS: dict[str, str] = {}
+_SIMULATORS: dict[str, str] = {
+    "hsms": "drivers.secs.simulator:HsmsSimulator",
+    "modbus": "drivers.modbus.simulator:ModbusSimulator",
+    "opcua": "drivers.opcua.simulator:OpcUaSimulator",
+}
 """Driver kind -> ``module:Class`` of the simulator that speaks its protocol."""
 
 SIMULATOR_KINDS = tuple(sorted(_SIMULATORS))
@@ -103,6 +107,9 @@ def load_simulation(path: Path) -> Simulation:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SimulationError(f"{path}: {exc}") from None
+    # TOML arrays arrive as lists; the strict schema takes the faults as a tuple.
+    if isinstance(document.get("faults"), list):
+        document["faults"] = tuple(document["faults"])
     try:
         return Simulation.model_validate(document)
     except ValidationError as exc:

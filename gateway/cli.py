@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, default=None, help="configuration folder"
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+    )
 
     fit = commands.add_parser("fit", help="fit a model on normal data, write its file")
     fit.add_argument("--kind", required=True, help="model kind, such as pca")
@@ -105,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             from gateway.status import show_status
 
-            return show_status(_load(args.config), as_json=args.json)
+            return show_status(
+                _load(args.config), as_json=args.json, watch_s=args.watch
+            )
         if args.command == "fit":
             from gateway.fit import main as fit_main
 

@@ -265,6 +265,13 @@ def _describe(topic: str, payload: bytes, tally: _Tally) -> str:
     except ValueError:
         tally.other += 1
         return f"{topic}: {payload[:80]!r}"
+    if kind == "alert" and "alarm" in message:
+        tally.alerts += 1
+        return (
+            f"ALERT {message['state']:<7} {message['severity']:<8} "
+            f"{message['tool']}/{message['tag']}: equipment alarm "
+            f"{message['alarm']['text']!r} at {message['ts']}"
+        )
     if kind == "alert":
         tally.alerts += 1
         return (
@@ -291,9 +298,24 @@ def _describe(topic: str, payload: bytes, tally: _Tally) -> str:
             + more
         )
     tally.other += 1
+    if kind == "event":
+        return _describe_event(message)
     if kind == "status":
         return f"status  {message.get('state')} ({topic})"
     return f"{kind} {topic}"
+
+
+def _describe_event(message: dict[str, Any]) -> str:
+    head = f"EVENT {message['kind']:<5} {message['tool']}: {message['name']}"
+    if message["kind"] == "alarm":
+        return f"{head} ({message['state']}, ALID {message['code']})"
+    values = [
+        f"{vid}={_significant(value) if isinstance(value, float) else value}"
+        for report in message["data"].get("reports", [])
+        if isinstance(report.get("values"), dict)
+        for vid, value in report["values"].items()
+    ]
+    return f"{head} (CEID {message['code']}) " + " ".join(values)
 
 
 def _rounded(value: float | None, digits: int = 1) -> str:

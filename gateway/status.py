@@ -1,9 +1,11 @@
-"""``edge-gateway status``: what the gateway is doing, read from its store.
+"""``edge-gateway status``: what the gateway is doing.
 
-The daemon writes a status snapshot to the store every few seconds and at
-shutdown; this command reads it together with the store's own figures (outbox
-backlog, evictions, readings per tool, active alerts), so it works whether the
-daemon is running or not.
+The running daemon answers on its status socket (``[service] runtime_dir``,
+``status.sock``) with the live report. When nothing answers there (the daemon
+is down, or the caller may not use the socket), the report is built from the
+store: the last snapshot the daemon saved there plus the store's own figures
+(outbox backlog, evictions, readings per tool, active alerts). The report's
+``source`` says which; the schema is the same (:mod:`gateway.report`).
 """
 
 from __future__ import annotations
@@ -11,142 +13,118 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 from gateway.config.models import GatewayConfig
-from gateway.daemon import STATUS_KEY, STATUS_PERIOD_S
-from gateway.payloads import iso_utc
+from gateway.control import ControlError, query_status
+from gateway.report import build_report, read_store_figures, snapshot_is_fresh
 from gateway.store import StoreError, StoreReader
 
 __all__ = ["collect_status", "show_status"]
 
 EXIT_OK = 0
 EXIT_NO_STORE = 1
-_NS_PER_S = 1_000_000_000
-# A snapshot older than this many status periods means the daemon is not running.
-STALE_PERIODS = 3
-PRIORITY_NAMES = {0: "alerts", 1: "events", 2: "summaries", 3: "telemetry"}
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+_PERCENT = 100.0
 
 
 def collect_status(config: GatewayConfig) -> dict[str, Any]:
-    """Return the gateway's state as one JSON-ready object.
+    """Return the status report: live from the daemon, else from the store.
 
     Raises:
-        StoreError: the store does not exist or cannot be read.
+        StoreError: the daemon does not answer and the store cannot be read.
     """
-    with StoreReader.open(config.store_path) as store:
-        snapshot_blob = store.get_state(STATUS_KEY)
-        backlog = store.outbox_backlog()
-        stats = store.stats()
-        stored = store.tool_stats()
-        active = _active_alerts(store)
-
-    snapshot: dict[str, Any] = json.loads(snapshot_blob) if snapshot_blob else {}
-    now = time.time_ns()
-    updated = snapshot.get("updated_ns", 0)
-    fresh = now - updated < STALE_PERIODS * STATUS_PERIOD_S * _NS_PER_S
-    running = bool(snapshot.get("running")) and fresh
-    live_tools = snapshot.get("tools", {})
-
-    tools = {}
-    for tool in config.tools:
-        live = live_tools.get(tool.id, {})
-        kept = stored.get(tool.id)
-        tools[tool.id] = {
-            "enabled": tool.enabled,
-            "driver": tool.kind,
-            "state": live.get("state", "unknown") if running else "stopped",
-            "last_poll": _iso(live.get("last_poll_ns")),
-            "last_reading_stored": _iso(kept.last_reading_ns if kept else None),
-            "readings_stored": kept.readings if kept else 0,
-            "reconnects": live.get("reconnects", 0),
-            "last_error": live.get("last_error", ""),
-            "active_alerts": active.get(tool.id, []),
-        }
-    return {
-        "gateway": {"site": config.main.gateway.site, "id": config.main.gateway.id},
-        "running": running,
-        "snapshot": _iso(updated or None),
-        "pid": snapshot.get("pid"),
-        "version": snapshot.get("version"),
-        "tools": tools,
-        "mqtt": snapshot.get("mqtt") if running else None,
-        "outbox": {
-            PRIORITY_NAMES[priority]: {"messages": count, "oldest": _iso(oldest)}
-            for priority, (count, oldest) in sorted(backlog.items())
-        },
-        "store": {
-            "path": str(config.store_path),
-            "file_bytes": stats.file_bytes + stats.wal_bytes,
-            "used_bytes": stats.used_bytes,
-            "readings": stats.readings,
-            "blocks": stats.blocks,
-            "evictions": stats.evictions,
-        },
-    }
-
-
-def _active_alerts(store: StoreReader) -> dict[str, list[dict[str, str]]]:
-    """Return, per tool, the alerts whose last transition was a raise."""
-    latest: dict[tuple[str, str, str], tuple[str, str, int]] = {}
-    for record in store.alert_history():
-        latest[(record.tool, record.tag, record.model)] = (
-            record.state,
-            record.severity,
-            record.ts_ns,
-        )
-    active: dict[str, list[dict[str, str]]] = {}
-    for (tool, tag, model), (state, severity, ts_ns) in latest.items():
-        if state == "raised":
-            active.setdefault(tool, []).append(
-                {
-                    "tag": tag,
-                    "model": model,
-                    "severity": severity,
-                    "since": iso_utc(ts_ns),
-                }
-            )
-    return active
-
-
-def _iso(ts_ns: int | None) -> str | None:
-    return iso_utc(ts_ns) if ts_ns else None
-
-
-def show_status(config: GatewayConfig, as_json: bool) -> int:
-    """Print the status (a table, or JSON); return the exit code."""
+    socket_path = config.status_socket
     try:
-        status = collect_status(config)
-    except StoreError as exc:
-        print(
-            f"status: {exc} (has the gateway run with this configuration?)",
-            file=sys.stderr,
-        )
-        return EXIT_NO_STORE
+        report = query_status(socket_path)
+        socket_error = None
+    except ControlError as exc:
+        report = _stored_report(config)
+        socket_error = str(exc)
+    report["status_socket"] = {"path": str(socket_path), "error": socket_error}
+    return report
+
+
+def _stored_report(config: GatewayConfig) -> dict[str, Any]:
+    with StoreReader.open(config.store_path) as store:
+        figures = read_store_figures(store)
+    snapshot: dict[str, Any] = json.loads(figures.snapshot) if figures.snapshot else {}
+    running = snapshot_is_fresh(snapshot, time.time_ns())
+    return build_report(config, snapshot, figures, running=running, source="store")
+
+
+def show_status(
+    config: GatewayConfig, as_json: bool, watch_s: float | None = None
+) -> int:
+    """Print the status (a table, or JSON); with ``watch_s``, refresh until Ctrl-C.
+
+    Returns the exit code: 1 when neither the daemon nor the store answers.
+    """
+    try:
+        while True:
+            try:
+                status = collect_status(config)
+            except StoreError as exc:
+                print(
+                    f"status: {exc} (has the gateway run with this configuration?)",
+                    file=sys.stderr,
+                )
+                if watch_s is None:
+                    return EXIT_NO_STORE
+            else:
+                _print(status, as_json, watching=watch_s is not None)
+            if watch_s is None:
+                return EXIT_OK
+            time.sleep(watch_s)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _print(status: dict[str, Any], as_json: bool, watching: bool) -> None:
     if as_json:
-        print(json.dumps(status, indent=2))
-    else:
-        print(_table(status))
-    return EXIT_OK
+        # Watching prints one object per line (JSON lines) for scripts.
+        print(json.dumps(status, indent=None if watching else 2), flush=True)
+        return
+    text = render_table(status)
+    print(CLEAR_SCREEN + text if watching else text, flush=True)
 
 
-def _table(status: dict[str, Any]) -> str:
+def render_table(status: dict[str, Any]) -> str:
+    """Render a status report as the human table."""
+    lines = _header(status)
+    lines += _tools(status)
+    lines.append("")
+    lines += _publisher(status)
+    lines += _store(status)
+    lines += _process(status)
+    return "\n".join(lines)
+
+
+def _header(status: dict[str, Any]) -> list[str]:
     gateway = status["gateway"]
     state = "running" if status["running"] else "not running"
+    detail = ""
+    if status["running"]:
+        detail = f" (pid {status['pid']}, version {status['version']})"
+    source = (
+        "live from the daemon"
+        if status["source"] == "daemon"
+        else f"from the store, snapshot {status['snapshot'] or 'none'}"
+    )
+    return [f"gateway {gateway['site']}/{gateway['id']}: {state}{detail}", source, ""]
+
+
+def _tools(status: dict[str, Any]) -> list[str]:
     lines = [
-        f"gateway {gateway['site']}/{gateway['id']}: {state}"
-        + (
-            f" (pid {status['pid']}, version {status['version']})"
-            if status["running"]
-            else ""
-        ),
-        f"status snapshot: {status['snapshot'] or 'none'}",
-        "",
-        f"{'tool':<18} {'state':<11} {'last poll':<25} {'stored':>12} {'alerts':>6}",
+        f"{'tool':<18} {'state':<11} {'last good poll':<16} {'readings/s':>10} "
+        f"{'bad %':>6} {'stored':>12} {'alerts':>6}"
     ]
     for tool_id, tool in status["tools"].items():
+        state = tool["state"] if tool["enabled"] else "disabled"
         lines.append(
-            f"{tool_id:<18} {tool['state']:<11} {tool['last_poll'] or '-':<25} "
+            f"{tool_id:<18} {state:<11} {_ago(tool['last_good_poll']):<16} "
+            f"{tool['readings_per_s']:>10.1f} {tool['bad_share'] * _PERCENT:>6.1f} "
             f"{tool['readings_stored']:>12,} {len(tool['active_alerts']):>6}"
         )
         lines.extend(
@@ -156,23 +134,68 @@ def _table(status: dict[str, Any]) -> str:
         )
         if tool["last_error"]:
             lines.append(f"  last error: {tool['last_error']}")
+    return lines
+
+
+def _publisher(status: dict[str, Any]) -> list[str]:
+    lines = []
     mqtt = status["mqtt"]
-    lines.append("")
     if mqtt is not None:
+        state = "connected" if mqtt.get("connected") else "disconnected"
         lines.append(
-            f"mqtt: {'connected' if mqtt.get('connected') else 'disconnected'}"
+            f"mqtt: {state} to {mqtt.get('broker', '?')}, {mqtt.get('acked', 0):,} "
+            f"acknowledged, {mqtt.get('reconnects', 0)} reconnects"
+            + (f", last error: {mqtt['last_error']}" if mqtt.get("last_error") else "")
         )
     outbox = ", ".join(
-        f"{name} {entry['messages']}"
-        + (f" (oldest {entry['oldest']})" if entry["oldest"] else "")
+        f"{name} {entry['messages']:,}"
+        + (f" (oldest {_age(entry['oldest_age_s'])})" if entry["oldest"] else "")
         for name, entry in status["outbox"].items()
     )
     lines.append(f"outbox backlog: {outbox}")
+    return lines
+
+
+def _store(status: dict[str, Any]) -> list[str]:
     store = status["store"]
-    evictions = ", ".join(f"{k} {v}" for k, v in store["evictions"].items()) or "none"
-    lines.append(
-        f"store: {store['file_bytes'] / 1e6:.1f} MB on disk, "
-        f"{store['readings']:,} readings in {store['blocks']:,} blocks, "
-        f"evictions: {evictions}"
-    )
-    return "\n".join(lines)
+    evictions = ", ".join(f"{k} {v:,}" for k, v in store["evictions"].items()) or "none"
+    return [
+        f"store: {store['file_bytes'] / 1e6:.1f} MB on disk of "
+        f"{store['max_bytes'] / 1e6:,.0f} MB, {store['readings']:,} readings in "
+        f"{store['blocks']:,} blocks, evictions: {evictions}",
+        f"  {store['path']}",
+    ]
+
+
+def _process(status: dict[str, Any]) -> list[str]:
+    lines = []
+    process = status["process"]
+    if process is not None:
+        cpu = process.get("cpu_percent")
+        lines.append(
+            f"process: RSS {process['rss_bytes'] / 1e6:.0f} MB of "
+            f"{process['memory_limit_bytes'] / 1e6:.0f} MB, CPU "
+            + (f"{cpu:.1f} %" if cpu is not None else "-")
+            + f" ({process['cpu_seconds']:.0f} s total), "
+            f"{process['threads']} threads"
+        )
+    if status["warnings"]:
+        lines.append("near limits: " + ", ".join(status["warnings"]))
+    return lines
+
+
+def _ago(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return _age(time.time() - moment.timestamp()) + " ago"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

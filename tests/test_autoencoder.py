@@ -36,7 +36,8 @@ except ImportError:
     )
 
 MODEL = Path(edge_models.__file__).parent / "models" / "demo_etch.tflite"
-TOOL_CONFIG = Path(__file__).parents[1] / "config" / "demo" / "tools" / "etch-07.toml"
+DEMO = Path(__file__).parents[1] / "config" / "demo"
+SIMULATION = DEMO / "simulation" / "etch-07.toml"
 STEP_S = 0.5  # the fast poll group's interval, as the model was trained
 TAGS = ("chamber_pressure", "rf_forward_power", "rf_reflected_power")
 K = len(TAGS)
@@ -56,8 +57,7 @@ FloatArray = npt.NDArray[np.float64]
 
 def signal_generator(seed: int, faults: tuple[FaultSpec, ...] = ()) -> SignalGenerator:
     """Return the etch tool's fast-group signals, as the demo tool simulates them."""
-    config = tomllib.loads(TOOL_CONFIG.read_text("utf-8"))
-    sources = {tag["name"]: tag["source"] for tag in config["tags"]}
+    sources = tomllib.loads(SIMULATION.read_text("utf-8"))["signals"]
     specs = [SignalSpec.model_validate(sources[name]) for name in TAGS]
     return SignalGenerator(seed, TAGS, specs, faults, step_s=STEP_S)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers import DRIVER_KINDS
 from gateway.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def broken_demo(directory: Path) -> Path:
     for path, old, new in [
         ("gateway.toml", "port = 1883", "port = 0"),
         ("tools/cvd-02.toml", "interval_s = 0.5", 'interval_s = "fast"'),
-        ("tools/etch-07.toml", 'kind = "simulated"', 'kind = "opcua-x"'),
+        ("tools/etch-07.toml", 'kind = "hsms"', 'kind = "opcua-x"'),
     ]:
         text = (folder / path).read_text(encoding="utf-8")
         assert text.count(old) == 1
@@ -36,14 +37,15 @@ def broken_demo(directory: Path) -> Path:
 BROKEN_ISSUES = [
     "gateway.toml: mqtt.port: must be >= 1, got 0",
     'tools/cvd-02.toml: poll_groups[0].interval_s: must be a number, got "fast"',
-    'tools/etch-07.toml: driver.kind: must be one of simulated, got "opcua-x"',
+    f"tools/etch-07.toml: driver.kind: must be one of {', '.join(DRIVER_KINDS)}, "
+    'got "opcua-x"',
 ]
 
 
 def test_example_is_valid_and_summarised(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The shipped example checks out and its summary estimates 2.1 readings/s."""
+    """The shipped example checks out and its summary estimates 6.6 readings/s."""
     monkeypatch.setenv(PASSWORD_VARIABLE, SECRET)
 
     assert main(["check-config", str(EXAMPLE)]) == 0
@@ -56,7 +58,9 @@ def test_example_is_valid_and_summarised(
     assert "mqtt broker.example.internal:8883 (MQTT 5, TLS), prefix 'edge'" in lines
     assert "  group fast: 2 tags every 1 s" in lines
     assert "  group slow: 1 tags every 10 s" in lines
-    assert lines[-1] == "1 tool(s), 3 tag(s), estimated 2.1 readings/s"
+    assert "  group beam: 2 tags every 1 s" in lines  # implant-04, over HSMS
+    assert "  group loop: 5 tags every 2 s" in lines  # chiller-03, over Modbus
+    assert lines[-1] == "3 tool(s), 11 tag(s), estimated 6.6 readings/s"
     assert SECRET not in out
 
 
@@ -85,8 +89,8 @@ def test_demo_is_valid_and_summarised(capsys: pytest.CaptureFixture[str]) -> Non
     assert lines[0] == f"configuration {DEMO}: valid"
     tools = [line.split() for line in lines if line.endswith(".0")]
     assert tools == [
-        ["cvd-02", "simulated", "4", "1", "8.0"],
-        ["etch-07", "simulated", "5", "2", "8.0"],
+        ["cvd-02", "modbus", "4", "1", "8.0"],
+        ["etch-07", "hsms", "5", "2", "8.0"],
     ]
     assert lines[-1] == "2 tool(s), 9 tag(s), estimated 16.0 readings/s"
 

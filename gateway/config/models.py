@@ -31,6 +31,7 @@ __all__ = [
     "MqttConfig",
     "PipelineConfig",
     "PollGroupConfig",
+    "ServiceConfig",
     "StoreConfig",
     "TagConfig",
     "TlsConfig",
@@ -39,6 +40,7 @@ __all__ = [
 
 Identifier = str  # validated by ID_PATTERN where used
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+STATUS_SOCKET_NAME = "status.sock"
 Severity = Literal["info", "warning", "critical"]
 # TOML has no path type: a path is a string, which strict mode alone would refuse.
 ConfigPath = Annotated[Path, Field(strict=False)]
@@ -133,6 +135,28 @@ class PipelineConfig(Model):
     queue_batches: int = Field(default=256, ge=1, le=100_000)
 
 
+class ServiceConfig(Model):
+    """``[service]``: how the daemon runs as a service and watches itself.
+
+    ``runtime_dir`` holds the status socket (``status.sock``, owner and group
+    only) that ``edge-gateway status`` asks; the installed service sets it to
+    the unit's ``RuntimeDirectory``, ``/run/edge-gateway``. Left out, the
+    socket sits beside the store, so every configuration folder has its own.
+    ``metrics_port`` serves Prometheus text on 127.0.0.1
+    (0, the default, serves nothing). The daemon logs a WARNING when its
+    resident memory, outbox backlog, pipeline queue or store size pass
+    ``warn_fraction`` of their limits: ``memory_limit_mb`` (the unit's
+    ``MemoryMax``), ``backlog_limit_messages``, ``pipeline.queue_batches`` and
+    ``store.max_bytes``.
+    """
+
+    runtime_dir: ConfigPath | None = None
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    memory_limit_mb: int = Field(default=1024, ge=64, le=1_048_576)
+    backlog_limit_messages: int = Field(default=100_000, ge=100)
+    warn_fraction: float = Field(default=0.8, gt=0, le=1)
+
+
 class MainConfig(Model):
     """The main file, ``gateway.toml``."""
 
@@ -142,6 +166,7 @@ class MainConfig(Model):
     logging: LoggingConfig = LoggingConfig()
     pipeline: PipelineConfig = PipelineConfig()
     reconnect: BackoffConfig = BackoffConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 class AlertRule(Model):
@@ -281,3 +306,12 @@ class GatewayConfig(Model):
         """The database path, relative paths taken from the configuration folder."""
         path = self.main.store.path
         return path if path.is_absolute() else self.directory / path
+
+    @property
+    def status_socket(self) -> Path:
+        """The daemon's status socket, relative paths taken from the folder."""
+        folder = self.main.service.runtime_dir
+        if folder is None:
+            return self.store_path.parent / STATUS_SOCKET_NAME
+        folder = folder if folder.is_absolute() else self.directory / folder
+        return folder / STATUS_SOCKET_NAME

@@ -363,6 +363,14 @@ class Store(StoreReader):
     def __enter__(self) -> Store:
         return self
 
+    @property
+    def writer_progress(self) -> tuple[int, int]:
+        """``(items waiting to be committed, commits plus items dropped so far)``.
+
+        Cheap (no SQL): the service watchdog reads it every few seconds.
+        """
+        return self._writer.pending, self._writer.commits + self._writer.dropped
+
     # Producers ------------------------------------------------------------------
 
     def put_readings(

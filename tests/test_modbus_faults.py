@@ -1,0 +1,341 @@
+"""Faults: exception replies, timeouts, slow replies, drops, restarts, desync."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from modbus_support import LOOPBACK, driver_of, load_tool, served
+from modbus_support import simulation_of as levels
+from mosquitto import eventually
+
+from drivers.base import ConnectionLost
+from drivers.batch import BAD_COMM, BAD_DEVICE, GOOD, ReadingBatch
+from drivers.modbus.errors import FrameError, RequestTimeout, TransactionMismatch
+from drivers.modbus.simulator import ModbusSimulator
+from gateway.config.models import BackoffConfig
+from gateway.supervisor import ToolSupervisor
+
+ILLEGAL_ADDRESS = 0x02
+DEVICE_BUSY = 0x06
+GATEWAY_NO_RESPONSE = 0x0B
+FAST_BACKOFF = BackoffConfig(initial_s=0.05, max_s=0.2)
+WITHIN_S = 10.0
+
+TOOL = """
+[driver]
+kind = "modbus"
+host = "127.0.0.1"
+request_timeout_s = {timeout}
+max_gap = 4
+
+[[poll_groups]]
+name = "g"
+interval_s = {interval}
+tags = ["a", "b", "c", "d"]
+
+[[tags]]
+name = "a"
+source = {{ address = 0, type = "float32" }}
+
+[[tags]]
+name = "b"
+source = {{ address = 2, type = "float32" }}
+
+[[tags]]
+name = "c"
+source = {{ address = 40, type = "int16" }}
+
+[[tags]]
+name = "d"
+source = {{ address = 0, type = "uint16", unit_id = 2 }}
+"""
+LEVELS = {"a": 1.5, "b": 2.5, "c": -4.0, "d": 9.0}
+
+
+def tool_file(
+    tmp_path: Path, timeout: float = 0.5, interval: float = 0.1, name: str = "mb-01"
+):  # type: ignore[no-untyped-def]
+    """The four-tag test tool: a, b (one request), c (another), d on unit 2."""
+    return load_tool(tmp_path, TOOL.format(timeout=timeout, interval=interval), name)
+
+
+async def test_exception_reply_marks_only_its_request_bad(tmp_path: Path) -> None:
+    """An exception reply makes only its request's tags BAD_DEVICE, code kept."""
+    tool = tool_file(tmp_path)
+    async with served(tool, levels(LEVELS)) as (simulator, driver):
+        simulator.inject_exception(
+            ILLEGAL_ADDRESS, table="holding", address=40, unit_id=1
+        )
+        batch = await driver.read_group(driver.groups[0])
+        assert batch.quality[0].tolist() == [GOOD, GOOD, BAD_DEVICE, GOOD]
+        assert np.isnan(batch.values[0, 2])
+        assert batch.values[0, [0, 1, 3]].tolist() == [1.5, 2.5, 9.0]
+        assert driver.exception_codes.tolist() == [0, 0, ILLEGAL_ADDRESS, 0]
+
+        simulator.clear_faults()
+        batch = await driver.read_group(driver.groups[0])
+        assert batch.quality[0].tolist() == [GOOD] * 4
+        assert batch.values[0].tolist() == [1.5, 2.5, -4.0, 9.0]
+        assert driver.exception_codes.tolist() == [0, 0, 0, 0]
+
+
+async def test_an_unreachable_unit_does_not_stall_the_others(tmp_path: Path) -> None:
+    """A unit that does not answer its gateway (0x0B) leaves other units good."""
+    tool = tool_file(tmp_path)
+    async with served(tool, levels(LEVELS)) as (simulator, driver):
+        simulator.inject_exception(GATEWAY_NO_RESPONSE, unit_id=2)
+        simulator.inject_exception(DEVICE_BUSY, unit_id=1, address=40, times=1)
+        first = await driver.read_group(driver.groups[0])
+        second = await driver.read_group(driver.groups[0])
+
+    assert first.quality[0].tolist() == [GOOD, GOOD, BAD_DEVICE, BAD_DEVICE]
+    assert second.quality[0].tolist() == [GOOD, GOOD, GOOD, BAD_DEVICE]
+    assert driver.exception_codes.tolist() == [0, 0, 0, GATEWAY_NO_RESPONSE]
+
+
+async def test_slow_replies_within_the_timeout_are_read(tmp_path: Path) -> None:
+    """Replies slow but within ``request_timeout_s`` still give good values."""
+    tool = tool_file(tmp_path, timeout=1.0)
+    async with served(tool, levels(LEVELS)) as (simulator, driver):
+        simulator.reply_delay_s = 0.1
+        batch = await driver.read_group(driver.groups[0])
+
+    assert batch.values[0].tolist() == [1.5, 2.5, -4.0, 9.0]
+
+
+async def test_a_reply_later_than_the_timeout_fails_the_link(tmp_path: Path) -> None:
+    """No reply in ``request_timeout_s`` raises RequestTimeout; a reconnect reads."""
+    tool = tool_file(tmp_path, timeout=0.2)
+    async with served(tool, levels(LEVELS)) as (simulator, driver):
+        simulator.reply_delay_s = 1.0
+        with pytest.raises(RequestTimeout, match=r"no reply to unit 1 .* within 0.2 s"):
+            await driver.read_group(driver.groups[0])
+        with pytest.raises(ConnectionLost):
+            await driver.read_group(driver.groups[0])
+
+        simulator.clear_faults()
+        await driver.close()
+        await driver.connect()
+        batch = await driver.read_group(driver.groups[0])
+
+    assert batch.quality[0].tolist() == [GOOD] * 4
+
+
+async def test_a_dropped_connection_fails_the_poll_then_reconnects(
+    tmp_path: Path,
+) -> None:
+    """A server closing the connection ends the session; a new one reads fine."""
+    tool = tool_file(tmp_path)
+    async with served(tool, levels(LEVELS)) as (simulator, driver):
+        await driver.read_group(driver.groups[0])
+        assert simulator.drop_connections() == 1
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionLost, match="lost"):
+            await driver.read_group(driver.groups[0])
+
+        await driver.close()
+        await driver.connect()
+        batch = await driver.read_group(driver.groups[0])
+
+    assert batch.quality[0].tolist() == [GOOD] * 4
+
+
+class Recorder:
+    """A sink that keeps every batch, by tool."""
+
+    def __init__(self) -> None:
+        self.batches: list[ReadingBatch] = []
+
+    async def __call__(self, batch: object) -> None:
+        assert isinstance(batch, ReadingBatch)
+        self.batches.append(batch)
+
+    def of(self, tool: str) -> list[ReadingBatch]:
+        return [b for b in self.batches if b.tool == tool]
+
+
+@contextlib.asynccontextmanager
+async def supervised(*supervisors: ToolSupervisor) -> AsyncIterator[None]:
+    """Run supervisors for the duration of the block."""
+    tasks = [
+        asyncio.create_task(s.run(), name=f"modbus[{s.tool}]") for s in supervisors
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_server_restart_turns_tags_bad_then_recovers_while_other_tools_poll(
+    tmp_path: Path,
+) -> None:
+    """A downed server's tags go BAD_COMM, then recover; another tool keeps polling."""
+    down_tool = tool_file(tmp_path, name="mb-down")
+    other_tool = tool_file(tmp_path, name="mb-other")
+    sink = Recorder()
+    async with (
+        ModbusSimulator(down_tool, levels(LEVELS), LOOPBACK, 0) as first,
+        ModbusSimulator(other_tool, levels(LEVELS), LOOPBACK, 0) as other,
+    ):
+        port = first.port
+        down = ToolSupervisor(
+            driver_of(down_tool, first.driver_settings()), sink, FAST_BACKOFF
+        )
+        steady = ToolSupervisor(
+            driver_of(other_tool, other.driver_settings()), sink, FAST_BACKOFF
+        )
+        async with supervised(down, steady):
+            await eventually(
+                lambda: len(sink.of("mb-down")) >= 3, WITHIN_S, "first polls"
+            )
+            await first.stop()
+            await eventually(
+                lambda: any((b.quality == BAD_COMM).all() for b in sink.of("mb-down")),
+                WITHIN_S,
+                "tags marked bad",
+            )
+            polls_while_down = len(sink.of("mb-other"))
+            await asyncio.sleep(0.5)
+            assert len(sink.of("mb-other")) >= polls_while_down + 3
+            assert down.state != "up"
+
+            async with ModbusSimulator(down_tool, levels(LEVELS), LOOPBACK, port):
+                before = len(sink.of("mb-down"))
+                await eventually(
+                    lambda: any(
+                        (b.quality == GOOD).all() for b in sink.of("mb-down")[before:]
+                    ),
+                    WITHIN_S,
+                    "recovery",
+                )
+                assert down.reconnects >= 1
+    assert all((b.quality == GOOD).all() for b in sink.of("mb-other"))
+
+
+async def test_slow_polls_are_skipped_and_counted_never_queued(tmp_path: Path) -> None:
+    """A poll slower than its interval skips the ticks it covers and counts them."""
+    tool = tool_file(tmp_path, timeout=1.0, interval=0.05)
+    sink = Recorder()
+    async with served(tool, levels(LEVELS)) as (simulator, driver):
+        simulator.reply_delay_s = 0.06  # three requests: about 0.18 s a poll
+        task = asyncio.create_task(driver.acquire(sink))
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    polls = driver.stats.polls
+    assert 3 <= polls <= 8
+    assert driver.stats.overruns >= 2 * polls
+    assert sum(simulator.requests.values()) <= 3 * (polls + 1)
+
+
+class ScriptedServer:
+    """A TCP peer that answers each request with a frame built by ``reply``."""
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+        self.server: asyncio.Server | None = None
+        self.closed = asyncio.Event()
+
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while request := await reader.readexactly(12):
+                writer.write(self.reply(request))  # type: ignore[operator]
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed.set()
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> ScriptedServer:
+        self.server = await asyncio.start_server(self.handle, LOOPBACK, 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+def registers_reply(
+    request: bytes, tid_shift: int = 0, protocol: int = 0, missing: int = 0
+) -> bytes:
+    """A reply of zeros: transaction id shifted, ``missing`` bytes short."""
+    tid, _, _, unit, function, _, count = struct.unpack(">HHHBBHH", request)
+    data = bytes(2 * count - missing)
+    pdu = bytes([function, len(data)]) + data
+    return (
+        struct.pack(">HHHB", (tid + tid_shift) % 65536, protocol, len(pdu) + 1, unit)
+        + pdu
+    )
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (lambda r: registers_reply(r, tid_shift=7), TransactionMismatch),
+        (lambda r: registers_reply(r, protocol=3), FrameError),
+        (lambda r: registers_reply(r, missing=2), FrameError),
+    ],
+    ids=["wrong-transaction-id", "wrong-protocol-id", "short-data"],
+)
+async def test_a_reply_out_of_step_drops_the_connection(
+    tmp_path: Path, reply: object, error: type[Exception]
+) -> None:
+    """A reply out of step or malformed fails the link and closes the connection."""
+    tool = tool_file(tmp_path)
+    async with ScriptedServer(reply) as server:
+        driver = driver_of(tool, tool.driver.model_copy(update={"port": server.port}))
+        await driver.connect()
+        with pytest.raises(error):
+            await driver.read_group(driver.groups[0])
+        await asyncio.wait_for(server.closed.wait(), WITHIN_S)
+        await driver.close()
+
+
+async def test_connect_to_a_closed_port_fails_fast(tmp_path: Path) -> None:
+    """Connecting where nothing listens raises ConnectFailed naming the endpoint."""
+    from drivers.base import ConnectFailed
+
+    tool = tool_file(tmp_path)
+    async with ScriptedServer(registers_reply) as server:
+        port = server.port
+    driver = driver_of(tool, tool.driver.model_copy(update={"port": port}))
+    with pytest.raises(ConnectFailed, match=f"127.0.0.1:{port}"):
+        await driver.connect()
+
+
+async def test_a_disconnect_window_drops_and_refuses_then_serves_again(
+    tmp_path: Path,
+) -> None:
+    """During the simulation's disconnect fault the simulator drops every session."""
+    tool = tool_file(tmp_path)
+    window = {"faults": ({"kind": "disconnect", "at_s": 1.0, "duration_s": 1.0},)}
+    async with served(tool, levels(LEVELS, **window)) as (simulator, driver):
+        await driver.read_group(driver.groups[0])
+        await eventually(simulator.disconnected, WITHIN_S, "the disconnect window")
+        with pytest.raises(ConnectionLost):
+            await driver.read_group(driver.groups[0])
+        await driver.close()
+
+        await eventually(lambda: not simulator.disconnected(), WITHIN_S, "its end")
+        await driver.connect()
+        batch = await driver.read_group(driver.groups[0])
+
+    assert batch.quality[0].tolist() == [GOOD] * 4
