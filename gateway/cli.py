@@ -86,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
+    cert = commands.add_parser(
+        "opcua-cert", help="create the gateway's OPC UA certificate, show the steps"
+    )
+    cert.add_argument("--config", type=Path, default=None, help="configuration folder")
+    cert.add_argument(
+        "--pki", type=Path, default=None, help="PKI folder (default: the daemon's)"
+    )
+    cert.add_argument("--uri", default=None, help="application URI to certify")
+    cert.add_argument("--force", action="store_true", help="replace an existing pair")
+
     demo = commands.add_parser("demo", help="run simulated tools end to end over MQTT")
     demo.add_argument(
         "--duration",
@@ -127,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return evaluate_main(
                 args.data, args.format, args.stack, args.model, args.json
             )
+        if args.command == "opcua-cert":
+            from gateway.opcuacert import opcua_cert
+
+            config = None if args.pki else _load(args.config)
+            return opcua_cert(config, args.pki, args.uri, args.force)
         if args.command == "demo":
             from gateway.demo import run_demo
 

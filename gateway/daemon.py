@@ -59,6 +59,7 @@ from gateway.limits import LimitWatch
 from gateway.logs import configure_logging
 from gateway.metrics import MetricsServer
 from gateway.pipeline import ToolPipeline, poll_groups
+from gateway.pki import with_default_pki
 from gateway.publish import Publisher
 from gateway.report import (
     STATUS_KEY,
@@ -197,7 +198,7 @@ class Gateway:
     def _build_tool(self, tool: ToolConfig, main: MainConfig) -> _Tool:
         driver = driver_class(tool.kind)(
             tool.id,
-            tool.driver,
+            with_default_pki(tool.driver, self.config),
             [tag.name for tag in tool.tags],
             [tag.source for tag in tool.tags],
             poll_groups(tool),
@@ -318,7 +319,7 @@ class Gateway:
         try:
             await server.start()
             self._status_server = server
-        except ControlError as exc:
+        except (ControlError, OSError) as exc:
             log.warning(
                 "status_socket_unavailable",
                 error=str(exc),

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from drivers.base import EquipmentEvent, PollGroup
@@ -50,13 +49,15 @@ def opcua_tool(
     )
 
 
-def flat_simulation(tool: ToolConfig, step_s: float = 0.05) -> Simulation:
+def flat_simulation(
+    tool: ToolConfig, step_s: float = 0.05, noise: float = 0.0
+) -> Simulation:
     """Return a noiseless simulation: tag ``i`` holds ``10 * (i + 1)``."""
     return Simulation(
         seed=1,
         step_s=step_s,
         signals={
-            tag.name: SignalSpec(level=10.0 * (i + 1))
+            tag.name: SignalSpec(level=10.0 * (i + 1), noise=noise)
             for i, tag in enumerate(tool.tags)
         },
     )
@@ -100,8 +101,11 @@ class Collector:
 
     async def wait_for(self, group: str, count: int, timeout_s: float = WAIT_S) -> None:
         """Wait until ``count`` batches of ``group`` arrived (``TimeoutError`` else)."""
-        deadline = time.monotonic() + timeout_s
-        async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout_s):
-            async with self._arrived:
-                await self._arrived.wait_for(lambda: len(self.of(group)) >= count)
-        assert time.monotonic() <= deadline
+        await self.wait_until(lambda: len(self.of(group)) >= count, timeout_s)
+
+    async def wait_until(
+        self, condition: Callable[[], bool], timeout_s: float = WAIT_S
+    ) -> None:
+        """Wait until ``condition()`` holds after an arrival (else ``TimeoutError``)."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(condition)

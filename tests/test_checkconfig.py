@@ -45,7 +45,7 @@ BROKEN_ISSUES = [
 def test_example_is_valid_and_summarised(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The shipped example checks out and its summary estimates 6.6 readings/s."""
+    """The shipped example checks out and its summary estimates 11.6 readings/s."""
     monkeypatch.setenv(PASSWORD_VARIABLE, SECRET)
 
     assert main(["check-config", str(EXAMPLE)]) == 0
@@ -60,7 +60,8 @@ def test_example_is_valid_and_summarised(
     assert "  group slow: 1 tags every 10 s" in lines
     assert "  group beam: 2 tags every 1 s" in lines  # implant-04, over HSMS
     assert "  group loop: 5 tags every 2 s" in lines  # chiller-03, over Modbus
-    assert lines[-1] == "3 tool(s), 11 tag(s), estimated 6.6 readings/s"
+    assert "  group dose: 3 tags every 1 s" in lines  # litho-05, over OPC UA
+    assert lines[-1] == "4 tool(s), 18 tag(s), estimated 11.6 readings/s"
     assert SECRET not in out
 
 
@@ -80,7 +81,7 @@ def test_example_needs_its_password_variable(
 
 
 def test_demo_is_valid_and_summarised(capsys: pytest.CaptureFixture[str]) -> None:
-    """The demo folder checks out: two tools, nine tags, 16 readings/s."""
+    """The demo folder checks out: three tools, 14 tags, 26 readings/s."""
     assert main(["check-config", str(DEMO)]) == 0
 
     out, err = capsys.readouterr()
@@ -91,8 +92,9 @@ def test_demo_is_valid_and_summarised(capsys: pytest.CaptureFixture[str]) -> Non
     assert tools == [
         ["cvd-02", "modbus", "4", "1", "8.0"],
         ["etch-07", "hsms", "5", "2", "8.0"],
+        ["litho-03", "opcua", "5", "2", "10.0"],
     ]
-    assert lines[-1] == "2 tool(s), 9 tag(s), estimated 16.0 readings/s"
+    assert lines[-1] == "3 tool(s), 14 tag(s), estimated 26.0 readings/s"
 
 
 def test_disabled_tool_adds_no_readings(
@@ -108,7 +110,7 @@ def test_disabled_tool_adds_no_readings(
     lines = capsys.readouterr().out.splitlines()
     [row] = [line for line in lines if line.startswith("cvd-02 ")]
     assert row.endswith(" 0.0  (disabled)")
-    assert lines[-1] == "2 tool(s), 9 tag(s), estimated 8.0 readings/s"
+    assert lines[-1] == "3 tool(s), 14 tag(s), estimated 18.0 readings/s"
 
 
 def test_config_folder_from_environment(
@@ -178,7 +180,7 @@ def test_console_script_checks_the_demo() -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == (
-        "2 tool(s), 9 tag(s), estimated 16.0 readings/s"
+        "3 tool(s), 14 tag(s), estimated 26.0 readings/s"
     )
 
 

@@ -22,6 +22,7 @@ the next :meth:`connect` rebuilds everything, so a server restart heals by itsel
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -53,7 +54,12 @@ from drivers.batch import (
     UInt8Array,
 )
 from drivers.opcua.config import OpcUaSettings, OpcUaSource, browse_names
-from drivers.opcua.security import CertificateError, Pki, application_uri
+from drivers.opcua.security import (
+    CertificateError,
+    Pki,
+    application_uri,
+    certificate_uri,
+)
 from drivers.opcua.values import (
     BAD_TYPE,
     NUMERIC_DATA_TYPES,
@@ -67,6 +73,10 @@ from drivers.opcua.values import (
 __all__ = ["OpcUaDriver"]
 
 log = structlog.get_logger(__name__)
+# asyncua logs each recovered oddity (revised timeouts, a keep-alive of a
+# subscription being created) at WARNING through the standard library; this
+# driver logs what an operator needs itself.
+logging.getLogger("asyncua").setLevel(logging.ERROR)
 _T = TypeVar("_T")
 
 _POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
@@ -140,6 +150,8 @@ class OpcUaDriver(Driver):
         self._config = settings
         self._sources: tuple[OpcUaSource, ...] = tuple(sources)
         self._client: Client | None = None
+        self._session_open = False
+        self._resolved: UInt32Array = np.zeros(len(tag_names), dtype=np.uint32)
         self._lost: asyncio.Event = asyncio.Event()
         self._lost_reason = ""
         self._node_ids: list[ua.NodeId | None] = []
@@ -196,11 +208,13 @@ class OpcUaDriver(Driver):
         client.session_timeout = int(config.session_timeout_s * MS_PER_S)
         client.connection_lost_callback = self._on_connection_lost
         self._client = client
+        self._session_open = False
         try:
             async with asyncio.timeout(config.connect_timeout_s):
                 await self._secure(client)
                 await self._identify(client)
                 await client.connect()
+                self._session_open = True
                 await self._read_limits(client)
                 await self._resolve(client)
                 await self._subscribe(client)
@@ -215,6 +229,10 @@ class OpcUaDriver(Driver):
         except CertificateError as exc:
             raise ConnectFailed(self.tool, str(exc)) from exc
         except (NotEnoughData, AssertionError) as exc:
+            if self._session_open:  # not the handshake: a malformed answer later
+                raise ConnectFailed(
+                    self.tool, f"session setup with {config.endpoint} failed: {exc!r}"
+                ) from exc
             raise ConnectFailed(self.tool, self._refused_certificate()) from exc
         except ua.UaStatusCodeError as exc:
             raise ConnectFailed(self.tool, self._explain(exc.code)) from exc
@@ -237,6 +255,10 @@ class OpcUaDriver(Driver):
         client, self._client = self._client, None
         if client is None:
             return
+        if not self._session_open:
+            client.disconnect_socket()
+            return
+        self._session_open = False
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await client.disconnect()
@@ -264,6 +286,11 @@ class OpcUaDriver(Driver):
             log.info(
                 "opcua_certificate_created", tool=self.tool, path=str(pki.certificate)
             )
+        if config.application_uri is None:
+            # The URI must be the one in the certificate, which may have been
+            # made on a host of another name or with --uri.
+            uri = await asyncio.to_thread(certificate_uri, pki.certificate)
+            client.application_uri = uri or client.application_uri
         mode = getattr(ua.MessageSecurityMode, config.security_mode)
         policy = _POLICIES[config.security_policy]
         endpoints = await client.connect_and_get_server_endpoints()
@@ -396,10 +423,32 @@ class OpcUaDriver(Driver):
             await self._translate(client, paths, node_ids, codes)
         await self._check_types(client, node_ids, codes)
         self._node_ids = node_ids
-        self.status_codes = codes
+        self._resolved = codes
+        self.status_codes = codes.copy()
+        self._plan_reads()
+
+    def _plan_reads(self) -> None:
         self._read_plans = {
-            g.name: self._read_plan(g, codes) for g in self.groups if g.mode == "read"
+            g.name: self._read_plan(g, self._resolved)
+            for g in self.groups
+            if g.mode == "read"
         }
+
+    def _shrink_reads(self, plan: _ReadPlan) -> bool:
+        """Halve the nodes per Read after a ``BadTooManyOperations``; False at one."""
+        largest = max((len(chunk) for chunk in plan.chunks), default=0)
+        if largest <= 1:
+            return False
+        self._max_per_read = largest // 2
+        log.warning(
+            "opcua_read_limit_lowered",
+            tool=self.tool,
+            group=plan.group.name,
+            max_nodes_per_read=self._max_per_read,
+            reason="the server refused a Read with BadTooManyOperations",
+        )
+        self._plan_reads()
+        return True
 
     async def _translate(
         self,
@@ -416,7 +465,12 @@ class OpcUaDriver(Driver):
             path.RelativePath = ua.RelativePath(
                 Elements=[
                     ua.RelativePathElement(
-                        ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
+                        # asyncua's server matches the reference type by its
+                        # encoding too: the two-byte form is the one it finds.
+                        ReferenceTypeId=ua.TwoByteNodeId(
+                            ua.ObjectIds.HierarchicalReferences
+                        ),
+                        IsInverse=False,
                         IncludeSubtypes=True,
                         TargetName=name,
                     )
@@ -449,15 +503,8 @@ class OpcUaDriver(Driver):
     ) -> None:
         tags = [i for i, node in enumerate(node_ids) if node is not None]
         nodes = [node for node in node_ids if node is not None]
-        data_types: list[ua.DataValue] = []
-        ranks: list[ua.DataValue] = []
-        for chunk in _chunks(nodes, self._max_per_read):
-            data_types += await client.uaclient.read_attributes(
-                chunk, ua.AttributeIds.DataType
-            )
-            ranks += await client.uaclient.read_attributes(
-                chunk, ua.AttributeIds.ValueRank
-            )
+        data_types = await self._read_attribute(client, nodes, ua.AttributeIds.DataType)
+        ranks = await self._read_attribute(client, nodes, ua.AttributeIds.ValueRank)
         for i, data_type, rank in zip(tags, data_types, ranks, strict=True):
             status = data_type.StatusCode
             if status is not None and not status.is_good():
@@ -472,6 +519,10 @@ class OpcUaDriver(Driver):
                 and type_id.NamespaceIndex == 0
                 and type_id.Identifier in NUMERIC_DATA_TYPES
             )
+            declared = self._sources[i].data_type
+            if declared is not None and numeric and _type_name(type_id) != declared:
+                self._refuse_type(i, node_ids, codes, type_id, declared)
+                continue
             if numeric and value_rank in _VALUE_RANK_SCALAR_OR_ANY:
                 continue
             codes[i] = BAD_TYPE
@@ -486,6 +537,53 @@ class OpcUaDriver(Driver):
                 action="tag is read as bad (BAD_CONFIG): only Boolean, integer, "
                 "Float and Double scalars are readings",
             )
+
+    def _refuse_type(
+        self,
+        tag: int,
+        node_ids: list[ua.NodeId | None],
+        codes: UInt32Array,
+        type_id: object,
+        declared: str,
+    ) -> None:
+        codes[tag] = BAD_TYPE
+        node_ids[tag] = None
+        log.error(
+            "opcua_tag_type_mismatch",
+            tool=self.tool,
+            tag=self.tag_names[tag],
+            node=self._sources[tag].node_id or self._sources[tag].browse_path,
+            data_type=_type_name(type_id),
+            declared=declared,
+            action="tag is read as bad (BAD_CONFIG) until its data_type matches",
+        )
+
+    async def _read_attribute(
+        self, client: Client, nodes: list[ua.NodeId], attribute: int
+    ) -> list[ua.DataValue]:
+        """Read one attribute of ``nodes``, in calls of at most MaxNodesPerRead.
+
+        A server may enforce a lower limit than it advertises: each
+        ``BadTooManyOperations`` halves the calls until it takes them.
+        """
+        while True:
+            results: list[ua.DataValue] = []
+            try:
+                for chunk in _chunks(nodes, self._max_per_read):
+                    results += await client.uaclient.read_attributes(chunk, attribute)
+            except ua.UaStatusCodeError as exc:
+                largest = min(len(nodes), self._max_per_read or len(nodes))
+                if exc.code != ua.StatusCodes.BadTooManyOperations or largest <= 1:
+                    raise
+                self._max_per_read = largest // 2
+                log.warning(
+                    "opcua_read_limit_lowered",
+                    tool=self.tool,
+                    max_nodes_per_read=self._max_per_read,
+                    reason="the server refused a Read with BadTooManyOperations",
+                )
+            else:
+                return results
 
     def _read_plan(self, group: PollGroup, codes: UInt32Array) -> _ReadPlan:
         readable = [
@@ -535,6 +633,10 @@ class OpcUaDriver(Driver):
                 *(self._read_chunk(client, chunk) for chunk in plan.chunks)
             )
         except ua.UaStatusCodeError as exc:
+            # A server may enforce a lower limit than it advertises.
+            too_many = exc.code == ua.StatusCodes.BadTooManyOperations
+            if too_many and self._shrink_reads(plan):
+                return await self.read_group(group)
             raise ConnectionLost(
                 self.tool, f"Read of group {group.name} failed: {status_name(exc.code)}"
             ) from exc
@@ -544,6 +646,12 @@ class OpcUaDriver(Driver):
             ) from exc
         receive_ns = time.time_ns()
         results = [value for answer in answers for value in answer]
+        if len(results) != len(plan.columns):
+            raise ConnectionLost(
+                self.tool,
+                f"Read of group {group.name} returned {len(results)} values for "
+                f"{len(plan.columns)} nodes",
+            )
         values, codes, stamps = columns(results)
         return self._batch(plan, values, codes, stamps, receive_ns)
 
@@ -590,6 +698,8 @@ class OpcUaDriver(Driver):
         self.status_codes[tags] = codes
         for c in changed:
             tag, code = int(tags[c]), int(codes[c])
+            if code == ua.StatusCodes.BadWaitingForInitialData:
+                continue  # a subscribed item before its first value: not a fault
             if code >> 30 == 0:  # back to good
                 log.info("opcua_tag_good", tool=self.tool, tag=self.tag_names[tag])
             else:
@@ -655,6 +765,9 @@ class _HeldGroup:
         self.codes = np.full(k, ua.StatusCodes.BadWaitingForInitialData, np.uint32)
         self.backlog: asyncio.Queue[ReadingBatch] = asyncio.Queue(SUBSCRIPTION_BACKLOG)
         self.dropped = 0
+        # Changes that arrive while the items are still being created wait here,
+        # so that a refused item is already bad in the first batch.
+        self._early: list[tuple[list[int], list[ua.DataValue], int]] | None = []
 
     async def create(self, client: Client) -> None:
         """Create the subscription and its monitored items on the server."""
@@ -693,6 +806,9 @@ class _HeldGroup:
                         int(item.StatusCode.value),
                     )
         driver._note_status(group.tag_index, self.codes)
+        early, self._early = self._early or [], None
+        for handles, values, receive_ns in early:
+            self._enqueue(self._batch(handles, values, receive_ns))
 
     def _item(self, column: int, node: ua.NodeId) -> ua.MonitoredItemCreateRequest:
         options, group = self.options, self.group
@@ -744,15 +860,26 @@ class _HeldGroup:
                     f"subscription of group {self.group.name} ended: "
                     f"{status_name(code)}"
                 )
-        if handles:
-            self._enqueue(self._batch(handles, values, receive_ns))
+        if not handles:
+            return
+        if self._early is not None:
+            self._early.append((handles, values, receive_ns))
+            return
+        self._enqueue(self._batch(handles, values, receive_ns))
 
     def _batch(
         self, handles: list[int], results: list[ua.DataValue], receive_ns: int
-    ) -> ReadingBatch:
+    ) -> ReadingBatch | None:
         value, codes, stamps = columns(results)
         quality = quality_of(codes)
         column = np.asarray(handles, dtype=np.intp)
+        # The handles are the columns this driver gave; drop any a server invents.
+        known = (column >= 0) & (column < len(self.group.tags))
+        if not known.all():
+            value, codes, stamps = value[known], codes[known], stamps[known]
+            quality, column = quality[known], column[known]
+            if not column.size:
+                return None
         depth = _occurrence(column)
         rows = int(depth.max()) + 1
         k = len(self.group.tags)
@@ -779,7 +906,9 @@ class _HeldGroup:
             quality=out_quality,
         )
 
-    def _enqueue(self, batch: ReadingBatch) -> None:
+    def _enqueue(self, batch: ReadingBatch | None) -> None:
+        if batch is None:
+            return
         if self.backlog.full():
             self.backlog.get_nowait()
             self.dropped += 1

@@ -35,6 +35,7 @@ __all__ = [
     "Pki",
     "UntrustedServerCertificate",
     "application_uri",
+    "certificate_uri",
     "create_certificate",
     "thumbprint",
 ]
@@ -180,7 +181,10 @@ class Pki:
 
 
 def create_certificate(
-    uri: str, host: str | None = None, server: bool = False
+    uri: str,
+    host: str | None = None,
+    server: bool = False,
+    common_name: str | None = None,
 ) -> tuple[bytes, bytes]:
     """Return a new self-signed application certificate (DER) and its key (PEM).
 
@@ -188,13 +192,16 @@ def create_certificate(
     certificate: ``uri`` as subjectAltName URI (it must equal the client's
     application URI), the host name as DNS name, key usages digitalSignature,
     nonRepudiation, keyEncipherment, dataEncipherment, and the extended key usage
-    clientAuth (plus serverAuth with ``server``).
+    clientAuth (plus serverAuth with ``server``). The subject's common name is
+    ``common_name``, by default ``edge-gateway@<host>``.
     """
     host = host or socket.gethostname()
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.COMMON_NAME, f"edge-gateway@{host}"[:64]),
+            x509.NameAttribute(
+                NameOID.COMMON_NAME, (common_name or f"edge-gateway@{host}")[:64]
+            ),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edge-gateway"),
         ]
     )
@@ -243,6 +250,17 @@ def create_certificate(
         serialization.NoEncryption(),
     )
     return cert.public_bytes(serialization.Encoding.DER), key_pem
+
+
+def certificate_uri(path: Path) -> str | None:
+    """Return the application URI (subjectAltName URI) of a certificate file."""
+    try:
+        cert = x509.load_der_x509_certificate(_as_der(path.read_bytes()))
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    uris = names.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
 
 
 def _as_der(data: bytes) -> bytes:

@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -75,6 +76,7 @@ _POLICY_TYPES = {
 NAMESPACE_PREFIX = "urn:edge-gateway:simulator:"
 _STATUS_UNCERTAIN = ua.StatusCodes.UncertainLastUsableValue
 _STATUS_BAD = ua.StatusCodes.BadSensorFailure
+_NOT_READABLE = ua.StatusCodes.BadNotReadable
 # asyncua logs every request and the harmless warnings listed in the protocol
 # notes at INFO/WARNING; the simulator's own log says what matters.
 _QUIET_LOGGERS = ("asyncua",)
@@ -124,6 +126,7 @@ class OpcUaSimulator(ToolSimulator):
         self.server: Server | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix=f"opcua-sim-{tool.id}-"))
         self._variants: list[ua.VariantType] = []
+        self._unreadable: set[ua.NodeId] = set()
         self._serving = False
         self._updater: asyncio.Task[None] | None = None
         for name in _QUIET_LOGGERS:
@@ -170,7 +173,7 @@ class OpcUaSimulator(ToolSimulator):
         """Stop updating and serving; must not raise."""
         if self._updater is not None:
             self._updater.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._updater
             self._updater = None
         with contextlib.suppress(Exception):
@@ -231,6 +234,54 @@ class OpcUaSimulator(ToolSimulator):
                 ),
             )
 
+    async def set_value(self, tag: str, value: float, status: int = 0) -> None:
+        """Write one tag's variable now (``status`` an OPC UA StatusCode value)."""
+        server = self.server
+        if server is None:
+            raise RuntimeError("the simulator is not started")
+        i = self._tag_index(tag)
+        now = datetime.datetime.now(datetime.UTC)
+        variant = (
+            ua.Variant(None, ua.VariantType.Null)
+            if status >> 31
+            else _variant(value, self._variants[i])
+        )
+        await server.write_attribute_value(
+            self.nodes[i],
+            ua.DataValue(
+                variant,
+                StatusCode=ua.StatusCode(status),
+                SourceTimestamp=now,
+                ServerTimestamp=now,
+            ),
+        )
+
+    async def set_readable(self, tag: str, readable: bool) -> None:
+        """Grant or withdraw read access to one tag's variable.
+
+        asyncua's server does not check the AccessLevel attribute on Read; the
+        simulator does, answering ``BadNotReadable`` as a tool's server would.
+        """
+        server = self.server
+        if server is None:
+            raise RuntimeError("the simulator is not started")
+        node = self.nodes[self._tag_index(tag)]
+        level = ua.AccessLevel.CurrentRead.mask if readable else 0
+        for attribute in (ua.AttributeIds.AccessLevel, ua.AttributeIds.UserAccessLevel):
+            await server.write_attribute_value(
+                node, ua.DataValue(ua.Variant(level, ua.VariantType.Byte)), attribute
+            )
+        if readable:
+            self._unreadable.discard(node)
+        else:
+            self._unreadable.add(node)
+
+    def _tag_index(self, tag: str) -> int:
+        for i, config in enumerate(self.tool.tags):
+            if config.name == tag:
+                return i
+        raise KeyError(f"{self.tool.id} has no tag {tag!r}")
+
     # -- internals -----------------------------------------------------------------
 
     async def _secure(self, server: Server) -> None:
@@ -243,7 +294,11 @@ class OpcUaSimulator(ToolSimulator):
             uri = f"{NAMESPACE_PREFIX}{self.tool.id}"
             await server.set_application_uri(uri)
             cert, private_key = await asyncio.to_thread(
-                create_certificate, uri, socket.gethostname(), True
+                create_certificate,
+                uri,
+                socket.gethostname(),
+                True,
+                f"{self.tool.id} simulator",
             )
             folder = self.server_certificate.parent
             folder.mkdir(parents=True, exist_ok=True)
@@ -319,7 +374,14 @@ class OpcUaSimulator(ToolSimulator):
                 self.read_requests += 1
             if limit is not None and len(requested) > limit:
                 raise ua.uaerrors.BadTooManyOperations()
-            return read(params)
+            results = read(params)
+            if self._unreadable:
+                denied = ua.DataValue(StatusCode=ua.StatusCode(_NOT_READABLE))
+                for i, request in enumerate(requested):
+                    value = request.AttributeId == ua.AttributeIds.Value
+                    if value and request.NodeId in self._unreadable:
+                        results[i] = denied
+            return results
 
         service.read = counted_read
 
@@ -334,9 +396,14 @@ class OpcUaSimulator(ToolSimulator):
             await self.server.stop()
 
     async def _update_loop(self) -> None:
+        # Updates keep a fixed cadence on the monotonic clock: writing many nodes
+        # takes time, and sleeping a whole step after it would stretch the step.
         step = self.simulation.step_s
+        start = time.monotonic()
+        tick = 0
         while True:
-            await asyncio.sleep(step)
+            tick = max(tick + 1, int((time.monotonic() - start) // step) + 1)
+            await asyncio.sleep(max(0.0, start + tick * step - time.monotonic()))
             down = self.disconnected()
             if down and self._serving:
                 log.info("opcua_simulator_disconnect", tool=self.tool.id)
@@ -344,7 +411,10 @@ class OpcUaSimulator(ToolSimulator):
             elif not down and not self._serving:
                 await self._serve()
             if self._serving:
-                await self.write_values()
+                try:
+                    await self.write_values()
+                except Exception:  # one failed update must not end the simulation
+                    log.exception("opcua_simulator_update_failed", tool=self.tool.id)
 
 
 class _PasswordUsers:
