@@ -27,6 +27,7 @@ EXIT_OK = 0
 EXIT_NO_STORE = 1
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 _PERCENT = 100.0
+_MIB = 1024 * 1024
 
 
 def collect_status(config: GatewayConfig) -> dict[str, Any]:
@@ -173,8 +174,8 @@ def _process(status: dict[str, Any]) -> list[str]:
     if process is not None:
         cpu = process.get("cpu_percent")
         lines.append(
-            f"process: RSS {process['rss_bytes'] / 1e6:.0f} MB of "
-            f"{process['memory_limit_bytes'] / 1e6:.0f} MB, CPU "
+            f"process: RSS {process['rss_bytes'] / _MIB:.0f} MiB of "
+            f"{process['memory_limit_bytes'] / _MIB:.0f} MiB, CPU "
             + (f"{cpu:.1f} %" if cpu is not None else "-")
             + f" ({process['cpu_seconds']:.0f} s total), "
             f"{process['threads']} threads"

@@ -101,7 +101,7 @@ async def test_a_valid_change_restarts_only_what_changed_and_keeps_the_outbox(
             10,
             "the new and restarted tools polling",
         )
-        assert polls(gateway, "keep-01") > polls_before + 5
+        assert polls(gateway, "keep-01") > polls_before  # polled on throughout
         assert gateway.counters.rejected == 0  # no batch was left without a tool
 
         broker = make_broker()

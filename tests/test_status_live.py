@@ -124,7 +124,8 @@ def test_status_reads_the_daemon_live_then_the_store_once_it_stopped(
     config = write_main(
         tmp_path / "config",
         tmp_path / "gateway.db",
-        service=f'runtime_dir = "{runtime / "run"}"',
+        # 64 MB is below what the daemon needs: the self-limit warning must show.
+        service=f'runtime_dir = "{runtime / "run"}"\nmemory_limit_mb = 64',
     )
     write_tool(config, "etch-01")
     write_tool(config, "cvd-02", seed=2, level=20.0)
@@ -155,7 +156,17 @@ def test_status_reads_the_daemon_live_then_the_store_once_it_stopped(
         assert etch["bad_share"] == 0.0
         assert live["process"]["rss_bytes"] > 10_000_000
         assert live["pipeline"]["dropped_batches"] == 0
+        wait_until(
+            lambda: "rss_bytes" in status_json(config)["warnings"],
+            15,
+            "the memory self-limit warning",
+        )
+        (near,) = daemon.named("self_limit_near")
+        assert near["figure"] == "rss_bytes"
+        assert near["limit"] == 64 * 1024 * 1024
+        assert near["value"] >= 0.8 * near["limit"]
         table = run_cli("status", "--config", str(config)).stdout
+        assert "near limits: rss_bytes" in table
         assert "live from the daemon" in table
         assert "readings/s" in table
         assert "RSS" in table
