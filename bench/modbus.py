@@ -1,12 +1,13 @@
 """Modbus benchmark: the whole gateway polling N float32 tags over Modbus TCP.
 
 The Modbus simulator serves the tags from its own process (its CPU is not
-counted). Two clients then do the same work against it, each in a process of its
-own so that each one's CPU and memory are measured alone:
+counted). Three clients then do the same reads against it, each in a process of
+its own so that each one's CPU and memory are measured alone:
 
 * gateway: the real :class:`~gateway.daemon.Gateway` (Modbus driver, pipeline with
   the default scoring stack of EWMA and level on every tag, alerts, summaries,
   SQLite store), MQTT off;
+* driver: the Modbus driver alone, its batches dropped;
 * pymodbus: a bare loop of pymodbus's async client reading the same registers
   (the same 62-tag requests, one at a time) and decoding them with numpy.
 
@@ -15,14 +16,19 @@ from ``resource.getrusage``, every thread included), the resident memory now and
 at its peak (``/proc/self/status``), the readings per second actually delivered,
 and the polls skipped because a sweep overran its interval.
 
+The gateway closes a summary window of every tag each ``--summary-window``
+seconds (60, as ``gateway.toml`` has it by default); a measurement of 60 s or more
+includes one, a shorter one may not. ``--summary-window 3600`` leaves them out.
+
 Run: ``.venv/bin/python bench/modbus.py`` (100k tags at 1 s) or, for example,
-``.venv/bin/python bench/modbus.py --tags 10000 --interval 0.1``.
+``.venv/bin/python bench/modbus.py --tags 10000 --interval 0.1 --seconds 60``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -45,6 +51,7 @@ from gateway.config.models import (
     GatewayIdentity,
     MainConfig,
     MqttConfig,
+    PipelineConfig,
     PollGroupConfig,
     StoreConfig,
     TagConfig,
@@ -166,6 +173,7 @@ async def run_gateway(args: argparse.Namespace) -> dict[str, Any]:
             gateway=GatewayIdentity(site="bench", id="gw-bench"),
             store=StoreConfig(path=Path(tmp) / "bench.db"),
             mqtt=MqttConfig(enabled=False),
+            pipeline=PipelineConfig(summary_window_s=args.summary_window),
         )
         tool = build_tool(args.tags, args.interval, args.concurrency, args.port)
         config = GatewayConfig(directory=Path(tmp), main=main, tools=(tool,))
@@ -203,6 +211,48 @@ async def run_gateway(args: argparse.Namespace) -> dict[str, Any]:
         "last_error": last_error,
         "gc_cpu": gc_s / wall,
         "gc_collections": collections,
+    }
+
+
+async def run_driver(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the Modbus driver alone, its batches dropped; return its figures."""
+    from drivers.modbus.driver import ModbusDriver
+    from gateway.pipeline import poll_groups
+
+    tool = build_tool(args.tags, args.interval, args.concurrency, args.port)
+    driver = ModbusDriver(
+        tool.id,
+        tool.driver,
+        [tag.name for tag in tool.tags],
+        [tag.source for tag in tool.tags],
+        poll_groups(tool),
+    )
+    await driver.connect()
+
+    async def drop(batch: object) -> None:
+        return None
+
+    polling = asyncio.create_task(driver.acquire(drop))
+    await asyncio.sleep(args.warmup)
+    stats = driver.stats
+    readings0, polls0, overruns0 = stats.readings, stats.polls, stats.overruns
+    cpu0, wall0 = usage()
+    await asyncio.sleep(args.seconds)
+    cpu1, wall1 = usage()
+    rss, peak = memory_mib()
+    polling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await polling
+    await driver.close()
+    wall = wall1 - wall0
+    return {
+        "cpu": (cpu1 - cpu0) / wall,
+        "rss": rss,
+        "peak": peak,
+        "readings_per_s": (stats.readings - readings0) / wall,
+        "polls": stats.polls - polls0,
+        "overruns": stats.overruns - overruns0,
+        "state": "up",
     }
 
 
@@ -293,6 +343,8 @@ def child(role: str, args: argparse.Namespace, port: int) -> dict[str, Any]:
         str(args.warmup),
         "--concurrency",
         str(args.concurrency),
+        "--summary-window",
+        str(args.summary_window),
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
@@ -331,16 +383,16 @@ def orchestrate(args: argparse.Namespace) -> None:
         server.kill()
         server.wait()
 
-    header = f"{'client':<28}{'CPU % core':>11}{'RSS MiB':>9}{'peak MiB':>9}"
+    header = f"{'client':<32}{'CPU % core':>11}{'RSS MiB':>9}{'peak MiB':>9}"
     print(header + f"{'readings/s':>12}{'polls':>7}{'skipped':>8}")
     for role, r in results.items():
-        name = (
-            f"gateway (concurrency {args.concurrency})"
-            if role == "gateway"
-            else "bare pymodbus loop"
-        )
+        name = {
+            "gateway": f"gateway (concurrency {args.concurrency})",
+            "driver": f"driver alone (concurrency {args.concurrency})",
+            "pymodbus": "bare pymodbus loop",
+        }[role]
         print(
-            f"{name:<28}{100 * r['cpu']:>11.1f}{r['rss']:>9.0f}{r['peak']:>9.0f}"
+            f"{name:<32}{100 * r['cpu']:>11.1f}{r['rss']:>9.0f}{r['peak']:>9.0f}"
             f"{r['readings_per_s']:>12,.0f}{r['polls']:>7}{r['overruns']:>8}"
         )
     if "gateway" in results:
@@ -361,6 +413,9 @@ def orchestrate(args: argparse.Namespace) -> None:
         )
 
 
+ROLES = {"gateway": run_gateway, "driver": run_driver, "pymodbus": run_pymodbus}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tags", type=int, default=100_000)
@@ -369,7 +424,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
-        "--clients", nargs="+", default=["gateway", "pymodbus"], metavar="ROLE"
+        "--summary-window",
+        type=float,
+        default=60.0,
+        help="summary window of the gateway, s (60 is the default of gateway.toml)",
+    )
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        default=["gateway", "driver", "pymodbus"],
+        choices=["gateway", "driver", "pymodbus"],
     )
     parser.add_argument("--role", default="", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -377,9 +441,8 @@ def main() -> None:
 
     if args.role == "serve":
         asyncio.run(serve(args))
-    elif args.role in ("gateway", "pymodbus"):
-        run = run_gateway if args.role == "gateway" else run_pymodbus
-        result = asyncio.run(run(args))
+    elif args.role in ROLES:
+        result = asyncio.run(ROLES[args.role](args))
         print(json.dumps(result))
     else:
         orchestrate(args)

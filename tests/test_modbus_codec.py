@@ -300,3 +300,15 @@ def test_modicon_six_digit_form_reaches_the_top_register() -> None:
     """465536 is holding register 65535; 49999 is holding 9998."""
     assert modicon_reference(465536) == ("holding", 65535)
     assert modicon_reference(49999) == ("holding", 9998)
+
+
+def test_any_float_bit_pattern_decodes_without_warnings() -> None:
+    """Signalling NaNs and infinities from a device decode to NaN/inf, silently."""
+    patterns = np.array(
+        [[0x7F, 0x80, 0x00, 0x01], [0xFF, 0x80, 0x00, 0x00], [0x7F, 0xC0, 0x00, 0x00]],
+        dtype=np.uint8,
+    )
+    values = from_canonical(patterns, "float32")
+    assert np.isnan(values[0])
+    assert np.isnan(values[2])
+    assert values[1] == -np.inf

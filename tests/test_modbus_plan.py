@@ -172,15 +172,14 @@ async def test_plan_is_made_once_not_per_poll(tmp_path: Path) -> None:
         assert driver.plan("g") is plan
 
 
+@pytest.mark.parametrize("concurrency", [4, 16])
 async def test_concurrent_requests_are_pipelined_and_all_answered(
-    tmp_path: Path,
+    tmp_path: Path, concurrency: int
 ) -> None:
-    """With ``concurrency = 4`` every request is answered once and values are right."""
+    """With several requests in flight each is answered once and values are right."""
     addresses = list(range(0, 4000, 50))
-    tool = load_tool(
-        tmp_path,
-        tool_with_tags(addresses, "max_gap = 0\nconcurrency = 4\nmax_gap_bits = 0"),
-    )
+    driver = f"max_gap = 0\nconcurrency = {concurrency}\nmax_gap_bits = 0"
+    tool = load_tool(tmp_path, tool_with_tags(addresses, driver))
     levels_ = {tag.name: float(i) for i, tag in enumerate(tool.tags)}
     levels_["c0"] = levels_["c700"] = 1.0
     async with served(tool, levels(levels_)) as (simulator, driver):

@@ -134,7 +134,10 @@ def from_canonical(
 ) -> npt.NDArray[np.float64]:
     """Return float64 values of ``(k, width)`` canonical big-endian bytes."""
     raw = np.ascontiguousarray(canonical).view(NUMPY_TYPE[data_type])
-    values: npt.NDArray[np.float64] = raw.reshape(-1).astype(np.float64)
+    # A device may send any bit pattern: a signalling NaN widens to a quiet NaN
+    # (which the pipeline marks bad), not a floating-point warning per poll.
+    with np.errstate(invalid="ignore"):
+        values: npt.NDArray[np.float64] = raw.reshape(-1).astype(np.float64)
     return values
 
 
@@ -153,5 +156,6 @@ def to_canonical(values: npt.ArrayLike, data_type: str) -> npt.NDArray[np.uint8]
             # float64 rounds the 64-bit maximum up past it: clip just inside.
             high = float(np.nextafter(high, 0.0))
         source = np.clip(np.nan_to_num(np.rint(source), nan=0.0), low, high)
-    encoded = source.astype(numpy_type)
+    with np.errstate(over="ignore", invalid="ignore"):  # float32 saturates to inf
+        encoded = source.astype(numpy_type)
     return encoded.view(np.uint8).reshape(len(source), numpy_type.itemsize)
