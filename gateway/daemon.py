@@ -516,7 +516,8 @@ class Gateway:
             self._reload_failed([f"{directory}: {exc}"])
             return
         plan = self._plan(new)
-        await self._apply(self._keep_restart_only(new), plan)
+        if not await self._apply(self._keep_restart_only(new), plan):
+            return
         self.counters.reloads += 1
         self.last_reload = {"ns": time.time_ns(), "ok": True, "problems": []}
         log.info(
@@ -585,7 +586,18 @@ class Gateway:
         )
         return new.model_copy(update={"main": main, "directory": self.config.directory})
 
-    async def _apply(self, new: GatewayConfig, plan: _Plan) -> None:
+    async def _apply(self, new: GatewayConfig, plan: _Plan) -> bool:
+        """Apply ``plan``; False (old tools left running) if a tool cannot be built."""
+        new_tools = {tool.id: tool for tool in new.tools}
+        arriving = []
+        for tool_id in (*plan.added, *plan.changed):
+            try:
+                arriving.append(self._build_tool(new_tools[tool_id], new.main))
+            except Exception as exc:
+                # A valid file may still name a model file that will not load, or
+                # settings a driver refuses: nothing has been stopped yet.
+                self._reload_failed([f"{tool_id}: {exc}"])
+                return False
         if plan.needs_restart:
             log.warning(
                 "reload_needs_restart",
@@ -600,11 +612,9 @@ class Gateway:
         if new.main.logging != old_main.logging:
             configure_logging(new.main.logging)
         self._limits.warn_fraction = new.main.service.warn_fraction
-        new_tools = {tool.id: tool for tool in new.tools}
-        for tool_id in (*plan.added, *plan.changed):
-            tool = self._build_tool(new_tools[tool_id], new.main)
-            tool.pipeline.restore_state()
-            self.tools[tool_id] = tool
+        for tool in arriving:
+            tool.pipeline.restore_state()  # the state its predecessor just saved
+            self.tools[tool.config.id] = tool
             self._start_tool(tool)
         if plan.mqtt:
             await self._stop_publisher()
@@ -615,6 +625,7 @@ class Gateway:
                 await self._metrics.close()
                 self._metrics = None
             await self._start_metrics()
+        return True
 
     async def _retire(self, tools: list[_Tool]) -> None:
         """Stop ``tools``, process what they queued, close and save their pipelines."""

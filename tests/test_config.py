@@ -935,3 +935,34 @@ def test_readings_per_second_of_a_tool(tmp_path: Path) -> None:
     tool = load_valid(tmp_path).tools[0]
 
     assert tool.readings_per_s == pytest.approx(2 / 1.0 + 1 / 10.0)
+
+
+OPCUA_TOOL = """\
+[driver]
+kind = "opcua"
+endpoint = "opc.tcp://10.0.0.5:4840/"
+security_policy = "Basic256Sha256"
+security_mode = "SignAndEncrypt"
+identity = "username"
+username = "gateway"
+password_file = "secrets/litho.password"
+pki_dir = "pki"
+
+[[poll_groups]]
+name = "g"
+interval_s = 1.0
+tags = ["dose"]
+
+[[tags]]
+name = "dose"
+source = { node_id = "ns=2;s=Dose" }
+"""
+
+
+def test_relative_driver_paths_are_taken_from_the_folder(tmp_path: Path) -> None:
+    """A driver's relative file and folder paths resolve under the config folder."""
+    config = load_config(write_config(tmp_path, tools={"litho-05": OPCUA_TOOL}))
+
+    [tool] = config.tools
+    assert tool.driver.password_file == tmp_path / "secrets/litho.password"
+    assert tool.driver.pki_dir == tmp_path / "pki"

@@ -33,6 +33,7 @@ kind = "modbus"
 host = "127.0.0.1"
 request_timeout_s = {timeout}
 max_gap = 4
+concurrency = {concurrency}
 
 [[poll_groups]]
 name = "g"
@@ -59,10 +60,15 @@ LEVELS = {"a": 1.5, "b": 2.5, "c": -4.0, "d": 9.0}
 
 
 def tool_file(
-    tmp_path: Path, timeout: float = 0.5, interval: float = 0.1, name: str = "mb-01"
+    tmp_path: Path,
+    timeout: float = 0.5,
+    interval: float = 0.1,
+    name: str = "mb-01",
+    concurrency: int = 1,
 ):  # type: ignore[no-untyped-def]
     """The four-tag test tool: a, b (one request), c (another), d on unit 2."""
-    return load_tool(tmp_path, TOOL.format(timeout=timeout, interval=interval), name)
+    text = TOOL.format(timeout=timeout, interval=interval, concurrency=concurrency)
+    return load_tool(tmp_path, text, name)
 
 
 async def test_exception_reply_marks_only_its_request_bad(tmp_path: Path) -> None:
@@ -99,6 +105,29 @@ async def test_an_unreachable_unit_does_not_stall_the_others(tmp_path: Path) -> 
     assert driver.exception_codes.tolist() == [0, 0, 0, GATEWAY_NO_RESPONSE]
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_silent_unit_turns_only_its_tags_bad_and_keeps_the_link(
+    tmp_path: Path, concurrency: int
+) -> None:
+    """A unit that stops answering is 0x0B; late replies to it are dropped."""
+    tool = tool_file(tmp_path, timeout=0.2, concurrency=concurrency)
+    async with served(tool, levels(LEVELS)) as (simulator, driver):
+        simulator.silent_units.add(2)
+        simulator.silence_s = 0.3  # its replies come, late, during the next poll
+        polls = [await driver.read_group(driver.groups[0]) for _ in range(3)]
+        assert driver.exception_codes.tolist() == [0, 0, 0, GATEWAY_NO_RESPONSE]
+        simulator.clear_faults()
+        await asyncio.sleep(0.4)  # the last late reply arrives and is dropped
+        healed = await driver.read_group(driver.groups[0])
+
+    for batch in polls:
+        assert batch.quality[0].tolist() == [GOOD, GOOD, GOOD, BAD_DEVICE]
+        assert batch.values[0, :3].tolist() == [1.5, 2.5, -4.0]
+    assert healed.quality[0].tolist() == [GOOD] * 4
+    assert healed.values[0].tolist() == [1.5, 2.5, -4.0, 9.0]
+    assert simulator.requests[(2, 3)] == 4  # once a poll, never retried
+
+
 async def test_slow_replies_within_the_timeout_are_read(tmp_path: Path) -> None:
     """Replies slow but within ``request_timeout_s`` still give good values."""
     tool = tool_file(tmp_path, timeout=1.0)
@@ -114,7 +143,11 @@ async def test_a_reply_later_than_the_timeout_fails_the_link(tmp_path: Path) -> 
     tool = tool_file(tmp_path, timeout=0.2)
     async with served(tool, levels(LEVELS)) as (simulator, driver):
         simulator.reply_delay_s = 1.0
-        with pytest.raises(RequestTimeout, match=r"no reply to unit 1 .* within 0.2 s"):
+        # Every unit late: the first timeout is taken for one silent unit, the
+        # next, with nothing answered in between, for the link.
+        with pytest.raises(
+            RequestTimeout, match=r"no reply to unit \d .* within 0.2 s"
+        ):
             await driver.read_group(driver.groups[0])
         with pytest.raises(ConnectionLost):
             await driver.read_group(driver.groups[0])
@@ -172,6 +205,24 @@ async def supervised(*supervisors: ToolSupervisor) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_silent_unit_under_the_supervisor_causes_no_reconnect(
+    tmp_path: Path,
+) -> None:
+    """Polls go on with the silent unit's tag bad and the session never drops."""
+    tool = tool_file(tmp_path, timeout=0.1, interval=0.05)
+    sink = Recorder()
+    async with ModbusSimulator(tool, levels(LEVELS), LOOPBACK, 0) as simulator:
+        simulator.silent_units.add(2)
+        supervisor = ToolSupervisor(
+            driver_of(tool, simulator.driver_settings()), sink, FAST_BACKOFF
+        )
+        async with supervised(supervisor):
+            await eventually(lambda: len(sink.batches) >= 5, WITHIN_S, "five polls")
+    assert supervisor.reconnects == 0
+    for batch in sink.batches:
+        assert batch.quality[0].tolist() == [GOOD, GOOD, GOOD, BAD_DEVICE]
 
 
 async def test_server_restart_turns_tags_bad_then_recovers_while_other_tools_poll(

@@ -24,6 +24,7 @@ SOCAT = shutil.which("socat")
 PAIR_TIMEOUT_S = 10.0
 BAUDRATE = 115200
 ILLEGAL_ADDRESS = 0x02
+SILENT_UNIT = 0x0B
 
 TOOL = """
 [driver]
@@ -129,6 +130,34 @@ async def test_rtu_reads_every_table_and_unit_over_a_serial_pair(
     assert sum(simulator.requests.values()) == 2 * planned
 
 
+async def test_rtu_a_silent_unit_turns_only_its_tags_bad(
+    tmp_path: Path, serial_pair: tuple[str, str]
+) -> None:
+    """A unit that never answers on a shared line leaves the other unit's tags good."""
+    server_side, client_side = serial_pair
+    tool = load_tool(tmp_path, TOOL)
+    simulator = ModbusSimulator(
+        tool, levels(LEVELS), serial_device=server_side, baudrate=BAUDRATE
+    )
+    async with simulator:
+        simulator.silent_units.add(7)
+        settings = tool.driver.model_copy(update={"device": client_side})
+        driver = driver_of(tool, settings)
+        await driver.connect()
+        try:
+            polls = [await driver.read_group(driver.groups[0]) for _ in range(2)]
+            simulator.clear_faults()
+            healed = await driver.read_group(driver.groups[0])
+        finally:
+            await driver.close()
+
+    for batch in polls:
+        assert batch.quality[0].tolist() == [GOOD] * 5 + [BAD_DEVICE]
+        assert batch.values[0, :5].tolist() == list(LEVELS.values())[:5]
+    assert driver.exception_codes.tolist() == [0] * 6  # healed
+    assert (healed.quality == GOOD).all()
+
+
 async def test_rtu_without_an_answer_times_out(
     tmp_path: Path, serial_pair: tuple[str, str]
 ) -> None:
@@ -138,7 +167,8 @@ async def test_rtu_without_an_answer_times_out(
     driver = driver_of(tool, tool.driver.model_copy(update={"device": client_side}))
     await driver.connect()
     try:
-        with pytest.raises(RequestTimeout, match="no reply to unit 1"):
+        # Unit 1 first seems silent alone; unit 7 silent too means no line.
+        with pytest.raises(RequestTimeout, match=r"no reply to unit (1|7)"):
             await driver.read_group(driver.groups[0])
     finally:
         await driver.close()

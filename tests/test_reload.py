@@ -6,12 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 import structlog
 from conftest import MakeBroker, MakeSubscriber
 from daemon_process import write_main, write_tool
 from mosquitto import eventually, free_port
 
+from gateway import daemon
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.store import StoreReader
@@ -154,3 +157,45 @@ async def test_an_invalid_change_keeps_the_running_configuration(
     assert gateway.config is running_config
     assert gateway.tools["etch-01"] is etch
     assert after > before  # still polling on the old configuration
+
+
+async def test_a_tool_that_cannot_be_built_leaves_the_old_tools_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid file whose tool fails to build refuses the reload; nothing stops."""
+    config = write_main(tmp_path / "config", tmp_path / "gateway.db")
+    write_tool(config, "etch-01")
+    real_driver_class = daemon.driver_class
+
+    def refusing(kind: str) -> Any:
+        cls = real_driver_class(kind)
+
+        def build(tool: str, *args: Any) -> Any:
+            if tool == "cvd-02":
+                raise ValueError("the driver refuses these settings")
+            return cls(tool, *args)
+
+        return build
+
+    async with running(config) as gateway:
+        etch = gateway.tools["etch-01"]
+        monkeypatch.setattr(daemon, "driver_class", refusing)
+        write_tool(config, "cvd-02")
+        (config / "tools" / "etch-01.toml").write_text(
+            (config / "tools" / "etch-01.toml")
+            .read_text()
+            .replace("interval_s = 0.1", "interval_s = 0.2")
+        )
+        with structlog.testing.capture_logs() as logs:
+            await reload(gateway)
+        before = polls(gateway, "etch-01")
+        await asyncio.sleep(0.5)
+        after = polls(gateway, "etch-01")
+
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert [entry["event"] for entry in errors] == ["reload_failed"]
+    assert errors[0]["problems"] == ["cvd-02: the driver refuses these settings"]
+    assert gateway.counters.failed_reloads == 1
+    assert "cvd-02" not in gateway.tools
+    assert gateway.tools["etch-01"] is etch  # the changed tool was not retired
+    assert after > before

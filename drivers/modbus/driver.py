@@ -4,9 +4,11 @@ Each poll group is planned once (see :mod:`drivers.modbus.plan`); a poll sends t
 plan's requests, gathers the replies into one buffer and decodes it into the batch
 with numpy. An exception reply marks only its request's tags bad
 (``BAD_DEVICE``; the code is kept in :attr:`ModbusDriver.exception_codes` and
-logged when it changes). A timeout, a reset or a reply out of step ends the
-session: the supervisor marks the tool's tags bad and reconnects with the shared
-backoff.
+logged when it changes). A unit that stops answering while others on the same
+link still do is answered for with exception 0x0B (gateway target device failed
+to respond; see :mod:`drivers.modbus.silence`), so only its tags turn bad. Any
+other timeout, a reset or a reply out of step ends the session: the supervisor
+marks the tool's tags bad and reconnects with the shared backoff.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class ModbusDriver(Driver):
             ConnectFailed: it could not be opened within ``connect_timeout_s``.
         """
         config = self._config
+        units = {r.unit_id for plan in self._plans.values() for r in plan.requests}
         link: _Link
         if config.transport == "tcp":
             from drivers.modbus.tcp import TcpLink
@@ -134,11 +137,12 @@ class ModbusDriver(Driver):
                 config.port,
                 config.request_timeout_s,
                 config.concurrency,
+                units,
             )
         else:
             from drivers.modbus.rtu import RtuLink
 
-            link = RtuLink(self.tool, config)
+            link = RtuLink(self.tool, config, units)
         await link.open(config.connect_timeout_s)
         self._link = link
 

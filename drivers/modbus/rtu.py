@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from pymodbus.client import AsyncModbusSerialClient
@@ -20,8 +20,9 @@ from pymodbus.pdu import ModbusPDU
 from drivers.base import ConnectFailed, ConnectionLost
 from drivers.batch import UInt8Array
 from drivers.modbus.config import ModbusSettings
-from drivers.modbus.errors import RequestTimeout
+from drivers.modbus.errors import FrameError, RequestTimeout
 from drivers.modbus.plan import Request
+from drivers.modbus.silence import SILENT_UNIT, SilenceJudge
 
 __all__ = ["RtuLink", "inter_frame_s"]
 
@@ -47,9 +48,12 @@ def inter_frame_s(settings: ModbusSettings) -> float:
 class RtuLink:
     """One serial line to one or more units, for tool ``tool``."""
 
-    def __init__(self, tool: str, settings: ModbusSettings) -> None:
+    def __init__(
+        self, tool: str, settings: ModbusSettings, unit_ids: Iterable[int] = ()
+    ) -> None:
         self.tool = tool
         self.settings = settings
+        self._silence = SilenceJudge(unit_ids)
         self._gap_s = inter_frame_s(settings)
         self._last_frame = 0.0
         self._client = AsyncModbusSerialClient(
@@ -96,19 +100,44 @@ class RtuLink:
         Returns:
             Per request, the exception code it was answered with (0 = data).
 
+        A unit that does not answer while others on the line do is silent
+        (:mod:`drivers.modbus.silence`): its requests of this poll get
+        ``SILENT_UNIT`` without being sent again.
+
         Raises:
-            ConnectionLost: no reply in time, or the port failed.
+            ConnectionLost: no reply in time (the line, not one unit), a reply of
+                the wrong size, or the port failed.
         """
         exceptions = np.zeros(len(requests), dtype=np.uint8)
+        silent: set[int] = set()
         for index, request in enumerate(requests):
+            if request.unit_id in silent:
+                exceptions[index] = SILENT_UNIT
+                continue
             await self._keep_silence()
-            reply = await self._exchange(request)
-            self._last_frame = time.monotonic()
+            try:
+                reply = await self._exchange(request)
+            except RequestTimeout:
+                if not self._silence.unit_is_silent():
+                    raise
+                silent.add(request.unit_id)
+                exceptions[index] = SILENT_UNIT
+                continue
+            finally:
+                self._last_frame = time.monotonic()
+            self._silence.answered()
             if reply.isError():
                 exceptions[index] = reply.exception_code
                 continue
             start = request.offset
-            buffer[start : start + request.byte_count] = _data_bytes(reply, request)
+            data = _data_bytes(reply, request)
+            if len(data) != request.byte_count:
+                raise FrameError(
+                    self.tool,
+                    f"reply to {request.describe()} on {self.settings.device} "
+                    f"carries {len(data)} bytes, expected {request.byte_count}",
+                )
+            buffer[start : start + request.byte_count] = data
         return exceptions
 
     async def _keep_silence(self) -> None:
@@ -144,6 +173,8 @@ class RtuLink:
 def _data_bytes(reply: ModbusPDU, request: Request) -> bytes:
     """Return a reply's data as it travelled: registers big-endian, bits packed."""
     if request.table in ("coil", "discrete_input"):
+        if len(reply.bits) < request.count:
+            return b""  # too short: the caller reports the size
         bits = np.asarray(reply.bits[: request.count], dtype=bool)
         return np.packbits(bits, bitorder="little").tobytes()
     return np.asarray(reply.registers, dtype=">u2").tobytes()

@@ -7,7 +7,8 @@ the simulation's sampling step advances, and serves them with pymodbus's
 ``SimDevice`` datastore (the API that replaces the deprecated server contexts).
 
 Faults can be scripted while it runs: exception replies for a range of
-addresses, slow replies, and dropped connections; a ``disconnect`` fault of the
+addresses, slow replies, silent units (answered only after ``silence_s``, too late
+for any client), and dropped connections; a ``disconnect`` fault of the
 simulation file drops and refuses connections during its window. Every request
 received is counted per unit id and function code (:attr:`ModbusSimulator.requests`).
 """
@@ -63,6 +64,7 @@ _UNUSED_BIT_BLOCK = 65_520
 _REQUEST_LOG_SIZE = 100_000
 _PIPELINE_BUFFER_BYTES = 65_536
 _STRING_FORMAT = "{:.6g}"
+_SILENCE_S = 30.0
 
 
 @dataclass(slots=True)
@@ -277,6 +279,11 @@ class ModbusSimulator(ToolSimulator):
         """The latest requests: (unit id, function code, address, count)."""
         self.exception_faults: list[ExceptionFault] = []
         self.reply_delay_s = 0.0
+        self.silent_units: set[int] = set()
+        """Unit ids that do not answer: on TCP their replies are held back
+        ``silence_s``; on a serial line they never come (a late frame there
+        would collide with the next request's)."""
+        self.silence_s = _SILENCE_S
         self._images = self._lay_out(tool)
         self._server: ModbusBaseServer | None = None
 
@@ -339,6 +346,7 @@ class ModbusSimulator(ToolSimulator):
                 port=self.serial_device,
                 baudrate=self.baudrate,
                 trace_pdu=self._trace_pdu,
+                ignore_missing_devices=True,  # a silent unit sends nothing
             )
         else:
             server = _PipelinedTcpServer(
@@ -392,9 +400,10 @@ class ModbusSimulator(ToolSimulator):
         return fault
 
     def clear_faults(self) -> None:
-        """Remove every scripted fault: exceptions and reply delay."""
+        """Remove every scripted fault: exceptions, reply delay, silent units."""
         self.exception_faults.clear()
         self.reply_delay_s = 0.0
+        self.silent_units.clear()
 
     def drop_connections(self) -> int:
         """Close every client connection now; return how many were open."""
@@ -441,6 +450,10 @@ class ModbusSimulator(ToolSimulator):
                 if fault.times is not None:
                     fault.times -= 1
                 return ExcCodes(fault.code)
+        if unit_id in self.silent_units:
+            if self.serial_device is not None:
+                raise NoSuchIdException(f"unit {unit_id} is silent")
+            await asyncio.sleep(self.silence_s)
         if self.reply_delay_s > 0:
             await asyncio.sleep(self.reply_delay_s)
         self._refresh(unit_id, table, registers)

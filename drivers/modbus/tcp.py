@@ -11,7 +11,10 @@ Every reply must answer a request in flight: its transaction id, unit id and
 function code are checked. A reply that answers nothing, or a malformed frame,
 means the connection is out of step; it is dropped and every poll waiting on it
 fails, so the supervisor reopens it. A request with no reply within its timeout
-fails the link the same way (a late reply would otherwise desynchronise it).
+fails the link the same way, unless the timeout is one silent unit among several
+(see :mod:`drivers.modbus.silence`): then that unit's requests of the poll are
+answered with exception 0x0B, and a late reply to them is recognised by its
+transaction id and dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +31,7 @@ from drivers.base import ConnectFailed, ConnectionLost, DriverError
 from drivers.batch import UInt8Array
 from drivers.modbus.errors import FrameError, RequestTimeout, TransactionMismatch
 from drivers.modbus.plan import Request
+from drivers.modbus.silence import SILENT_UNIT, SilenceJudge
 
 __all__ = ["TcpLink"]
 
@@ -43,6 +47,9 @@ COALESCE_S = 0.002
 # Smallest window that gathers replies: a smaller one would be starved by the
 # pause (half a window per COALESCE_S is its most).
 COALESCE_WINDOW = 8
+# Transaction ids of requests given up on a silent unit, kept to recognise their
+# late replies; far fewer than the 65,536 ids, so none is reused while kept.
+_ABANDONED_KEPT = 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -74,6 +81,7 @@ class TcpLink(asyncio.Protocol):
         port: int,
         request_timeout_s: float,
         concurrency: int,
+        unit_ids: Iterable[int] = (),
     ) -> None:
         self.tool = tool
         self.host = host
@@ -89,6 +97,8 @@ class TcpLink(asyncio.Protocol):
         self._error: DriverError | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._resume: asyncio.TimerHandle | None = None
+        self._silence = SilenceJudge(unit_ids)
+        self._abandoned: dict[int, None] = {}
 
     async def open(self, timeout_s: float) -> None:
         """Connect within ``timeout_s``.
@@ -209,6 +219,10 @@ class TcpLink(asyncio.Protocol):
     ) -> None:
         pending = self._in_flight.pop(tid, None)
         if pending is None:
+            if tid in self._abandoned:
+                del self._abandoned[tid]
+                self._silence.answered()  # late, but the link is alive
+                return
             raise TransactionMismatch(
                 self.tool,
                 f"reply with transaction id {tid} answers no request in flight: "
@@ -223,6 +237,7 @@ class TcpLink(asyncio.Protocol):
                 f"reply to {request.describe()} came from unit {unit_id}: "
                 "connection out of step",
             )
+        self._silence.answered()
         if function == request.function_code | _EXCEPTION_FLAG and end - pdu == 2:
             poll.exceptions[pending.index] = rx[pdu + 1]
         elif function == request.function_code and rx[pdu + 1] == request.byte_count:
@@ -291,13 +306,38 @@ class TcpLink(asyncio.Protocol):
             self._watchdog = self._loop.call_at(oldest.deadline, self._check_deadlines)
             return
         request = oldest.poll.requests[oldest.index]
-        self._fail(
-            RequestTimeout(
-                self.tool,
-                f"no reply to {request.describe()} (transaction {tid}) from "
-                f"{self.host}:{self.port} within {self.request_timeout_s} s",
+        if not self._silence.unit_is_silent():
+            self._fail(
+                RequestTimeout(
+                    self.tool,
+                    f"no reply to {request.describe()} (transaction {tid}) from "
+                    f"{self.host}:{self.port} within {self.request_timeout_s} s",
+                )
             )
-        )
+            return
+        self._give_up_unit(oldest.poll, request.unit_id)
+        self._send_next()
+        if self._watchdog is None and self._in_flight:
+            deadline = next(iter(self._in_flight.values())).deadline
+            self._watchdog = self._loop.call_at(deadline, self._check_deadlines)
+
+    def _give_up_unit(self, poll: _Poll, unit_id: int) -> None:
+        """Answer ``poll``'s requests to a silent ``unit_id`` with SILENT_UNIT."""
+        requests = poll.requests
+        for tid, pending in list(self._in_flight.items()):
+            if pending.poll is poll and requests[pending.index].unit_id == unit_id:
+                del self._in_flight[tid]
+                self._abandoned[tid] = None
+                _answer_silent(poll, pending.index)
+        while len(self._abandoned) > _ABANDONED_KEPT:
+            del self._abandoned[next(iter(self._abandoned))]
+        kept: deque[tuple[_Poll, int]] = deque()
+        for item in self._queue:
+            if item[0] is poll and requests[item[1]].unit_id == unit_id:
+                _answer_silent(poll, item[1])
+            else:
+                kept.append(item)
+        self._queue = kept
 
     def _fail(self, error: DriverError) -> None:
         if self._error is None:
@@ -315,6 +355,13 @@ class TcpLink(asyncio.Protocol):
         if self._transport is not None:
             transport, self._transport = self._transport, None
             transport.close()
+
+
+def _answer_silent(poll: _Poll, index: int) -> None:
+    poll.exceptions[index] = SILENT_UNIT
+    poll.remaining -= 1
+    if poll.remaining == 0 and not poll.done.done():
+        poll.done.set_result(None)
 
 
 def _reject(poll: _Poll, error: DriverError) -> None:

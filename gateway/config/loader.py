@@ -131,6 +131,8 @@ def _load_tool(
         return None
 
     driver = _validate_driver(tool.driver, name, issues)
+    if driver is not None:
+        driver = _resolve_paths(driver, directory)
     used = {scorer for tag in tool.tags for scorer in tag.scorers}
     scorers = _validate_scorers(tool.scorers, used, name, issues)
     tags = _validate_tags(tool, driver, name, issues)
@@ -258,7 +260,7 @@ def _validate_models(
         )
         if params is None:
             continue
-        params = _resolve_param_paths(params, directory)
+        params = _resolve_paths(params, directory)
         file = None
         if model.file is not None:
             file = model.file if model.file.is_absolute() else directory / model.file
@@ -270,8 +272,8 @@ def _validate_models(
     return tuple(models)
 
 
-def _resolve_param_paths(params: _M, directory: Path) -> _M:
-    """Take relative paths in scorer parameters from the configuration folder."""
+def _resolve_paths(params: _M, directory: Path) -> _M:
+    """Take relative paths in driver or scorer settings from the config folder."""
     relative = {
         key: directory / value
         for key, value in params
