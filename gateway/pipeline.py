@@ -42,6 +42,7 @@ from gateway.store import (
     PRIORITY_SUMMARY,
     PRIORITY_TELEMETRY,
     OutboxMessage,
+    RollupColumns,
     Store,
 )
 from gateway.summaries import SummaryAccumulator, WindowSummary
@@ -286,22 +287,26 @@ class ToolPipeline:
             self._roll_up(plan, summary)
 
     def _roll_up(self, plan: _GroupPlan, summary: WindowSummary) -> None:
-        hour_ns = summary.start_ns - summary.start_ns % _NS_PER_HOUR
-        for c in np.flatnonzero(summary.count + summary.bad):
-            self.store.put_rollup(
-                self.tool.id,
-                plan.names[c],
-                hour_ns,
-                int(summary.count[c]),
-                float(summary.minimum[c]),
-                float(summary.maximum[c]),
-                float(summary.mean[c]),
-                float(summary.m2[c]),
-                float(summary.last[c]),
-                int(summary.last_ns[c]),
-                int(summary.bad[c]),
-                float(summary.max_score[c]),
-            )
+        seen = np.flatnonzero(summary.count + summary.bad)
+        if not seen.size:
+            return
+        rollups = RollupColumns(
+            tool=self.tool.id,
+            hour_ns=summary.start_ns - summary.start_ns % _NS_PER_HOUR,
+            tags=plan.names,
+            count=summary.count,
+            minimum=summary.minimum,
+            maximum=summary.maximum,
+            mean=summary.mean,
+            m2=summary.m2,
+            last=summary.last,
+            last_ns=summary.last_ns,
+            bad=summary.bad,
+            max_score=summary.max_score,
+        )
+        if seen.size < summary.k:  # tags with no reading in the window stay out
+            rollups = rollups.take(seen)
+        self.store.put_rollups(rollups)
 
     def _emit_telemetry(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import re
@@ -29,9 +30,11 @@ from gateway.store import (
     PRIORITY_TELEMETRY,
     OutboxMessage,
     Rollup,
+    RollupColumns,
     Store,
     StoreClosedError,
     StoreError,
+    merge_rollup_columns,
     merge_rollups,
 )
 
@@ -345,21 +348,7 @@ def test_rollup_merge_matches_the_naive_reference(store: Store) -> None:
     sizes = [0, 1, 17, 250, 3, 1_000, 0, 42]
     chunks = [rng.normal(1e4, 3.0, size) for size in sizes]
     for chunk in chunks:
-        r = _naive_rollup("etch-01", "chamber_pressure", chunk)
-        store.put_rollup(
-            r.tool,
-            r.tag,
-            r.hour_ns,
-            r.count,
-            r.minimum,
-            r.maximum,
-            r.mean,
-            r.m2,
-            r.last,
-            r.last_ns,
-            r.bad,
-            r.max_score,
-        )
+        store.put_rollups(_as_columns([_naive_rollup("etch-01", "pressure", chunk)]))
     assert store.flush()
 
     (stored,) = store.rollups("etch-01")
@@ -373,6 +362,82 @@ def test_rollup_merge_matches_the_naive_reference(store: Store) -> None:
     assert stored.last == chunks[sizes.index(max(sizes))][-1]
     assert stored.bad == len(sizes)
     assert stored.max_score == max(sizes)
+
+
+def _as_columns(rollups: list[Rollup]) -> RollupColumns:
+    """Return roll-ups of one tool and hour as columns, in the given order."""
+    first = rollups[0]
+    return RollupColumns(
+        tool=first.tool,
+        hour_ns=first.hour_ns,
+        tags=tuple(r.tag for r in rollups),
+        count=np.array([r.count for r in rollups], np.int64),
+        minimum=np.array([r.minimum for r in rollups]),
+        maximum=np.array([r.maximum for r in rollups]),
+        mean=np.array([r.mean for r in rollups]),
+        m2=np.array([r.m2 for r in rollups]),
+        last=np.array([r.last for r in rollups]),
+        last_ns=np.array([r.last_ns for r in rollups], np.int64),
+        bad=np.array([r.bad for r in rollups], np.int64),
+        max_score=np.array([r.max_score for r in rollups]),
+    )
+
+
+def test_columnar_merge_matches_the_merge_of_each_pair() -> None:
+    """Merging columns equals merge_rollups column by column, empty ones included."""
+    rng = np.random.default_rng(SEED)
+    sizes = rng.choice([0, 0, 1, 2, 40], size=(2, 300))
+    pairs = [
+        [
+            _naive_rollup("t", f"x{i}", rng.normal(5.0, 2.0, n))
+            for i, n in enumerate(row)
+        ]
+        for row in sizes
+    ]
+    merged = merge_rollup_columns(_as_columns(pairs[0]), _as_columns(pairs[1]))
+
+    for i, (a, b) in enumerate(zip(*pairs, strict=True)):
+        expected = merge_rollups(a, b)
+        got = merged.rollup(i)
+        assert (got.count, got.bad, got.last_ns) == (
+            expected.count,
+            expected.bad,
+            expected.last_ns,
+        )
+        for name in ("minimum", "maximum", "mean", "m2", "last", "max_score"):
+            assert getattr(got, name) == pytest.approx(
+                getattr(expected, name), rel=1e-12, nan_ok=True
+            ), name
+
+
+def test_rollups_of_other_tags_and_hours_are_kept_apart(store: Store) -> None:
+    """A window of some tags merges into theirs only; other tags and hours stay."""
+    rng = np.random.default_rng(SEED)
+    first = [_naive_rollup("etch-01", tag, rng.normal(0, 1, 10)) for tag in "abc"]
+    later = [_naive_rollup("etch-01", tag, rng.normal(0, 1, 5)) for tag in "cd"]
+    next_hour = _naive_rollup("etch-01", "a", rng.normal(0, 1, 3))
+    store.put_rollups(_as_columns(first))
+    store.put_rollups(_as_columns(later))
+    store.put_rollups(
+        _as_columns([dataclasses.replace(next_hour, hour_ns=T0_NS + HOUR_NS)])
+    )
+    assert store.flush()
+
+    stored = {(r.tag, r.hour_ns): r for r in store.rollups("etch-01")}
+    assert sorted(stored) == [
+        ("a", T0_NS),
+        ("a", T0_NS + HOUR_NS),
+        ("b", T0_NS),
+        ("c", T0_NS),
+        ("d", T0_NS),
+    ]
+    assert stored[("a", T0_NS)] == first[0]
+    assert stored[("c", T0_NS)].count == 15
+    assert stored[("c", T0_NS)].mean == pytest.approx(
+        merge_rollups(first[2], later[0]).mean, rel=1e-12
+    )
+    assert stored[("d", T0_NS)] == later[1]
+    assert stored[("a", T0_NS + HOUR_NS)].count == 3
 
 
 def test_merge_with_an_empty_rollup_keeps_the_other() -> None:

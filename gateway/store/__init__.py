@@ -15,8 +15,10 @@ from gateway.store.records import (
     OutboxMessage,
     OutboxRow,
     Rollup,
+    RollupColumns,
     StoreStats,
     ToolStoreStats,
+    merge_rollup_columns,
     merge_rollups,
 )
 from gateway.store.store import Readings, Store, StoreReader
@@ -34,6 +36,7 @@ __all__ = [
     "OutboxRow",
     "Readings",
     "Rollup",
+    "RollupColumns",
     "Store",
     "StoreClosedError",
     "StoreError",
@@ -41,5 +44,6 @@ __all__ = [
     "StoreStats",
     "ToolStoreStats",
     "decode_block",
+    "merge_rollup_columns",
     "merge_rollups",
 ]

@@ -6,6 +6,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 __all__ = [
     "PRIORITY_ALERT",
     "PRIORITY_EVENT",
@@ -16,10 +19,14 @@ __all__ = [
     "OutboxMessage",
     "OutboxRow",
     "Rollup",
+    "RollupColumns",
     "StoreStats",
     "ToolStoreStats",
+    "merge_rollup_columns",
     "merge_rollups",
 ]
+
+_NO_TIMESTAMP_NS = np.iinfo(np.int64).min
 
 # Outbox priorities: lower is published first and evicted last.
 PRIORITY_ALERT = 0
@@ -90,6 +97,83 @@ class Rollup:
     def variance(self) -> float:
         """Population variance of the good readings; NaN when there were none."""
         return self.m2 / self.count if self.count else math.nan
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RollupColumns:
+    """Roll-ups of many tags of one tool over (part of) one UTC hour, as columns.
+
+    Column ``i`` is tag ``tags[i]``; each statistic means what :class:`Rollup`'s
+    does. One window's summaries of a poll group give one of these, so a wide
+    group costs one store item per window, not one per tag.
+    """
+
+    tool: str
+    hour_ns: int
+    tags: tuple[str, ...]
+    count: npt.NDArray[np.int64]
+    minimum: npt.NDArray[np.float64]
+    maximum: npt.NDArray[np.float64]
+    mean: npt.NDArray[np.float64]
+    m2: npt.NDArray[np.float64]
+    last: npt.NDArray[np.float64]
+    last_ns: npt.NDArray[np.int64]
+    bad: npt.NDArray[np.int64]
+    max_score: npt.NDArray[np.float64]
+
+    @classmethod
+    def empty(cls, tool: str, hour_ns: int, tags: tuple[str, ...]) -> RollupColumns:
+        """Return roll-ups of no readings: the identity of the merge."""
+        k = len(tags)
+        nan = np.full(k, np.nan)
+        return cls(
+            tool=tool,
+            hour_ns=hour_ns,
+            tags=tags,
+            count=np.zeros(k, np.int64),
+            minimum=nan,
+            maximum=nan.copy(),
+            mean=nan.copy(),
+            m2=np.zeros(k),
+            last=nan.copy(),
+            last_ns=np.full(k, _NO_TIMESTAMP_NS, np.int64),
+            bad=np.zeros(k, np.int64),
+            max_score=nan.copy(),
+        )
+
+    def take(self, columns: npt.NDArray[np.intp]) -> RollupColumns:
+        """Return the roll-ups of ``columns`` only, in that order."""
+        return RollupColumns(
+            tool=self.tool,
+            hour_ns=self.hour_ns,
+            tags=tuple(self.tags[c] for c in columns),
+            count=self.count[columns],
+            minimum=self.minimum[columns],
+            maximum=self.maximum[columns],
+            mean=self.mean[columns],
+            m2=self.m2[columns],
+            last=self.last[columns],
+            last_ns=self.last_ns[columns],
+            bad=self.bad[columns],
+            max_score=self.max_score[columns],
+        )
+
+    def rollup(self, i: int) -> Rollup:
+        """Return column ``i`` as one :class:`Rollup`."""
+        return Rollup(
+            tool=self.tool,
+            tag=self.tags[i],
+            hour_ns=self.hour_ns,
+            count=int(self.count[i]),
+            minimum=float(self.minimum[i]),
+            maximum=float(self.maximum[i]),
+            mean=float(self.mean[i]),
+            m2=float(self.m2[i]),
+            last=float(self.last[i]),
+            last_ns=int(self.last_ns[i]),
+            bad=int(self.bad[i]),
+            max_score=float(self.max_score[i]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +271,43 @@ def merge_rollups(a: Rollup, b: Rollup) -> Rollup:
         last_ns=later.last_ns,
         bad=a.bad + b.bad,
         max_score=_nan_aware(max, a.max_score, b.max_score),
+    )
+
+
+def merge_rollup_columns(a: RollupColumns, b: RollupColumns) -> RollupColumns:
+    """Return :func:`merge_rollups` of every column pair of ``a`` and ``b`` at once.
+
+    ``a`` and ``b`` hold the same tags in the same order; keys come from ``a``.
+    """
+    n = a.count + b.count
+    delta = b.mean - a.mean
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(
+            b.count == 0,
+            a.mean,
+            np.where(a.count == 0, b.mean, a.mean + delta * b.count / n),
+        )
+        m2 = np.where(
+            b.count == 0,
+            a.m2,
+            np.where(
+                a.count == 0, b.m2, a.m2 + b.m2 + delta * delta * a.count * b.count / n
+            ),
+        )
+    later = b.last_ns >= a.last_ns
+    return RollupColumns(
+        tool=a.tool,
+        hour_ns=a.hour_ns,
+        tags=a.tags,
+        count=n,
+        minimum=np.fmin(a.minimum, b.minimum),
+        maximum=np.fmax(a.maximum, b.maximum),
+        mean=mean,
+        m2=m2,
+        last=np.where(later, b.last, a.last),
+        last_ns=np.where(later, b.last_ns, a.last_ns),
+        bad=a.bad + b.bad,
+        max_score=np.fmax(a.max_score, b.max_score),
     )
 
 

@@ -31,6 +31,7 @@ from gateway.store.records import (
     OutboxMessage,
     OutboxRow,
     Rollup,
+    RollupColumns,
     StoreStats,
     ToolStoreStats,
 )
@@ -446,22 +447,8 @@ class Store(StoreReader):
         """
         self._writer.submit(EventItem(tool, name, ts_ns, payload))
 
-    def put_rollup(
-        self,
-        tool: str,
-        tag: str,
-        hour_ns: int,
-        count: int,
-        minimum: float,
-        maximum: float,
-        mean: float,
-        m2: float,
-        last: float,
-        last_ns: int,
-        bad: int,
-        max_score: float,
-    ) -> None:
-        """Queue statistics to merge into the tag's roll-up of the hour ``hour_ns``.
+    def put_rollups(self, rollups: RollupColumns) -> None:
+        """Queue statistics to merge into their tags' roll-ups of one hour.
 
         ``m2`` is the sum of squared deviations from ``mean`` over ``count`` good
         readings; see :class:`~gateway.store.records.Rollup`. Merging several
@@ -470,21 +457,7 @@ class Store(StoreReader):
         Raises:
             StoreClosedError: the store is closed.
         """
-        rollup = Rollup(
-            tool=tool,
-            tag=tag,
-            hour_ns=hour_ns,
-            count=count,
-            minimum=minimum,
-            maximum=maximum,
-            mean=mean,
-            m2=m2,
-            last=last,
-            last_ns=last_ns,
-            bad=bad,
-            max_score=max_score,
-        )
-        self._writer.submit(RollupItem(rollup))
+        self._writer.submit(RollupItem(rollups))
 
     def put_state(self, key: str, blob: bytes) -> None:
         """Queue a state snapshot to replace the one stored under ``key``.

@@ -17,6 +17,7 @@ and counted, and only that item is dropped.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import sqlite3
 import threading
@@ -32,7 +33,12 @@ import structlog
 from gateway.config.models import StoreConfig
 from gateway.store.codec import BlockCodec
 from gateway.store.errors import StoreClosedError
-from gateway.store.records import OutboxMessage, Rollup, merge_rollups
+from gateway.store.records import (
+    OutboxMessage,
+    Rollup,
+    RollupColumns,
+    merge_rollup_columns,
+)
 from gateway.store.retention import (
     Eviction,
     enforce_age,
@@ -175,47 +181,80 @@ def rollup_from_row(row: tuple[Any, ...]) -> Rollup:
     )
 
 
+_UPSERT_ROLLUP = (
+    f"INSERT INTO rollups ({ROLLUP_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (tool, tag, hour_ns) DO UPDATE SET"
+    " count = excluded.count, minimum = excluded.minimum,"
+    " maximum = excluded.maximum, mean = excluded.mean, m2 = excluded.m2,"
+    " last = excluded.last, last_ns = excluded.last_ns, bad = excluded.bad,"
+    " max_score = excluded.max_score"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RollupItem:
-    """A roll-up to merge into the stored one of the same tool, tag and hour."""
+    """Roll-ups of many tags to merge into the stored ones of the same hour."""
 
-    rollup: Rollup
+    rollups: RollupColumns
 
     kind: ClassVar[str] = "rollup"
 
     def apply(self, conn: sqlite3.Connection, codec: BlockCodec) -> None:
-        """Merge with the stored roll-up (if any) and write the result."""
-        r = self.rollup
-        row = conn.execute(
-            f"SELECT {ROLLUP_COLUMNS} FROM rollups"
-            " WHERE tool = ? AND tag = ? AND hour_ns = ?",
-            (r.tool, r.tag, r.hour_ns),
-        ).fetchone()
-        if row is not None:
-            r = merge_rollups(rollup_from_row(row), r)
-        conn.execute(
-            f"INSERT INTO rollups ({ROLLUP_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (tool, tag, hour_ns) DO UPDATE SET"
-            " count = excluded.count, minimum = excluded.minimum,"
-            " maximum = excluded.maximum, mean = excluded.mean, m2 = excluded.m2,"
-            " last = excluded.last, last_ns = excluded.last_ns, bad = excluded.bad,"
-            " max_score = excluded.max_score",
-            (
-                r.tool,
-                r.tag,
-                r.hour_ns,
-                r.count,
-                _nullable(r.minimum),
-                _nullable(r.maximum),
-                _nullable(r.mean),
-                _nullable(r.m2),
-                _nullable(r.last),
-                r.last_ns,
-                r.bad,
-                _nullable(r.max_score),
+        """Merge with the stored roll-ups (one query) and write the results."""
+        new = self.rollups
+        stored = self._stored(conn)
+        merged = merge_rollup_columns(stored, new) if stored is not None else new
+        floats = [
+            _nullables(column)
+            for column in (
+                merged.minimum,
+                merged.maximum,
+                merged.mean,
+                merged.m2,
+                merged.last,
+            )
+        ]
+        conn.executemany(
+            _UPSERT_ROLLUP,
+            zip(
+                itertools.repeat(new.tool),
+                new.tags,
+                itertools.repeat(new.hour_ns),
+                merged.count.tolist(),
+                *floats,
+                merged.last_ns.tolist(),
+                merged.bad.tolist(),
+                _nullables(merged.max_score),
+                strict=False,  # the repeats are endless; the columns agree
             ),
         )
+
+    def _stored(self, conn: sqlite3.Connection) -> RollupColumns | None:
+        """The stored roll-ups of the same tool and hour, aligned with ours."""
+        new = self.rollups
+        rows = conn.execute(
+            f"SELECT {ROLLUP_COLUMNS} FROM rollups WHERE tool = ? AND hour_ns = ?",
+            (new.tool, new.hour_ns),
+        ).fetchall()
+        if not rows:
+            return None
+        column = {tag: i for i, tag in enumerate(new.tags)}
+        stored = RollupColumns.empty(new.tool, new.hour_ns, new.tags)
+        for row in rows:
+            i = column.get(row[1])
+            if i is None:
+                continue
+            r = rollup_from_row(row)
+            stored.count[i], stored.minimum[i], stored.maximum[i] = (
+                r.count,
+                r.minimum,
+                r.maximum,
+            )
+            stored.mean[i], stored.m2[i], stored.last[i] = r.mean, r.m2, r.last
+            stored.last_ns[i], stored.bad[i] = r.last_ns, r.bad
+            stored.max_score[i] = r.max_score
+        return stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,9 +597,12 @@ class _Transaction:
         self.acks = []
 
 
-def _nullable(x: float) -> float | None:
-    """SQLite stores NaN as NULL; say so explicitly."""
-    return None if math.isnan(x) else x
+def _nullables(column: npt.NDArray[np.float64]) -> list[float | None]:
+    """Return ``column`` as a list with NaN as None: SQLite stores NaN as NULL."""
+    values: list[float | None] = column.tolist()
+    if np.isnan(column).any():
+        values = [None if x != x else x for x in values]  # NaN is not equal to itself
+    return values
 
 
 def _as_float(x: float | None) -> float:
