@@ -6,6 +6,7 @@ the tests validate every payload the gateway sends against them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from drivers.base import EquipmentEvent
 from gateway.alerts import AlertEvent
@@ -37,6 +39,8 @@ SUMMARY_SCHEMA = "edge-gateway/summary/1"
 TELEMETRY_SCHEMA = "edge-gateway/telemetry/1"
 EVENT_SCHEMA = "edge-gateway/event/1"
 EQUIPMENT_ALARM_MODEL = "equipment_alarm"
+# Poll groups whose tags' JSON prefixes are kept between windows.
+_PREFIX_CACHE_GROUPS = 64
 
 _NS_PER_S = 1_000_000_000
 
@@ -141,25 +145,13 @@ def summary_payload(
     units: Sequence[str],
     summary: WindowSummary,
 ) -> bytes:
-    """Return the JSON of one window's summaries of a poll group's tags."""
-    columns = {
-        "count": summary.count.tolist(),
-        "min": summary.minimum.tolist(),
-        "max": summary.maximum.tolist(),
-        "mean": summary.mean.tolist(),
-        "std": summary.std.tolist(),
-        "last": summary.last.tolist(),
-        "bad": summary.bad.tolist(),
-        "max_score": summary.max_score.tolist(),
-    }
-    tags = {}
-    for i, name in enumerate(tag_names):
-        entry: dict[str, Any] = {"unit": units[i]}
-        for key, values in columns.items():
-            value = values[i]
-            entry[key] = value if isinstance(value, int) else _number(value)
-        tags[name] = entry
-    return _encode(
+    """Return the JSON of one window's summaries of a poll group's tags.
+
+    The text is what ``json.dumps`` makes of the document (compact separators,
+    non-finite numbers as null), written column by column: a group of 100,000
+    tags closes its window in a fraction of the time a dict per tag takes.
+    """
+    head = _encode(
         {
             "schema": SUMMARY_SCHEMA,
             "site": site,
@@ -168,9 +160,43 @@ def summary_payload(
             "group": group,
             "window_start": iso_utc(summary.start_ns),
             "window_end": iso_utc(summary.end_ns),
-            "tags": tags,
         }
     )
+    prefixes = _tag_prefixes(tuple(tag_names), tuple(units))
+    entries = ",".join(
+        f'{prefix}{count},"min":{low},"max":{high},"mean":{mean},"std":{std},'
+        f'"last":{last},"bad":{bad},"max_score":{score}}}'
+        for prefix, count, low, high, mean, std, last, bad, score in zip(
+            prefixes,
+            summary.count.tolist(),
+            _json_numbers(summary.minimum),
+            _json_numbers(summary.maximum),
+            _json_numbers(summary.mean),
+            _json_numbers(summary.std),
+            _json_numbers(summary.last),
+            summary.bad.tolist(),
+            _json_numbers(summary.max_score),
+            strict=True,
+        )
+    )
+    return head[:-1] + b',"tags":{' + entries.encode() + b"}}"
+
+
+@functools.lru_cache(maxsize=_PREFIX_CACHE_GROUPS)
+def _tag_prefixes(tag_names: tuple[str, ...], units: tuple[str, ...]) -> list[str]:
+    """Each tag's entry up to its count: ``"name":{"unit":"u","count":``."""
+    return [
+        f'{json.dumps(name)}:{{"unit":{json.dumps(unit)},"count":'
+        for name, unit in zip(tag_names, units, strict=True)
+    ]
+
+
+def _json_numbers(values: npt.NDArray[np.float64]) -> list[str]:
+    """Return each value as JSON writes it: ``repr`` of the float, else null."""
+    texts = list(map(float.__repr__, values.tolist()))
+    for i in np.flatnonzero(~np.isfinite(values)).tolist():
+        texts[i] = "null"
+    return texts
 
 
 def telemetry_payload(

@@ -76,6 +76,7 @@ class _GroupPlan:
     tags: npt.NDArray[np.int32]
     names: tuple[str, ...]
     units: tuple[str, ...]
+    unit_of: dict[str, str]
     scale: npt.NDArray[np.float64]
     offset: npt.NDArray[np.float64]
     low: npt.NDArray[np.float64]
@@ -129,6 +130,7 @@ class ToolPipeline:
             tags=group.tag_index,
             names=tuple(tag.name for tag in tags),
             units=tuple(tag.unit for tag in tags),
+            unit_of={tag.name: tag.unit for tag in tags},
             scale=np.array([tag.scale for tag in tags]),
             offset=np.array([tag.offset for tag in tags]),
             low=np.array([low for low, _ in limits]),
@@ -241,10 +243,10 @@ class ToolPipeline:
 
     def _emit_alerts(self, plan: _GroupPlan, events: Sequence[AlertEvent]) -> None:
         site, gateway = self.identity.site, self.identity.id
-        units = dict(zip(plan.names, plan.units, strict=True))
         for event in events:
             # A multivariate model's alert names the model; its score has no unit.
-            payload = alert_payload(site, gateway, event, units.get(event.tag, ""))
+            unit = plan.unit_of.get(event.tag, "")
+            payload = alert_payload(site, gateway, event, unit)
             self.store.put_alert(
                 event.tool,
                 event.tag,

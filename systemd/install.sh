@@ -14,10 +14,11 @@
 #   venv      /opt/edge-gateway/venv, from the wheelhouse only (pip --no-index)
 #   config    /etc/edge-gateway: the example files, never overwriting existing ones
 #   data      /var/lib/edge-gateway (the store)
+#   command   /usr/local/bin/edge-gateway, a link to the venv's command
 #   unit      /etc/systemd/system/edge-gateway.service, enabled (not started
 #             unless --now: edit the configuration first)
-# --uninstall removes the unit, the venv and the user entries file, and keeps the
-# configuration and the data; --purge removes those and the user as well.
+# --uninstall removes the unit, the venv and the command link, and keeps the
+# configuration, the data and the user; --purge removes those as well.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -62,6 +63,7 @@ CONFIG="$R/etc/$NAME"
 STATE="$R/var/lib/$NAME"
 UNIT_DIR="$R/etc/systemd/system"
 SYSUSERS="$R/etc/sysusers.d/$NAME.conf"
+COMMAND="$R/usr/local/bin/$NAME"
 LIVE=0
 [ -z "$R" ] && [ -d /run/systemd/system ] && LIVE=1
 
@@ -88,6 +90,10 @@ uninstall() {
     fi
     rm -f "$UNIT_DIR/$NAME.service"
     rm -rf "$UNIT_DIR/$NAME.service.d" "$PREFIX"
+    # Only our own link: a command of that name put there by hand stays.
+    if [ "$(readlink "$COMMAND" 2>/dev/null)" = "/opt/$NAME/venv/bin/$NAME" ]; then
+        rm -f "$COMMAND"
+    fi
     [ "$LIVE" = 1 ] && systemctl daemon-reload
     if [ "$PURGE" = 1 ]; then
         rm -rf "$CONFIG" "$STATE"
@@ -184,6 +190,12 @@ uid="$(id_in_tree passwd "$NAME")"
 gid="$(id_in_tree group "$NAME")"
 [ -n "$uid" ] && [ -n "$gid" ] || die "user $NAME was not created"
 install_venv
+install -d -m 0755 "$(dirname "$COMMAND")"
+if [ -e "$COMMAND" ] && [ ! -L "$COMMAND" ]; then
+    say "kept existing $COMMAND (not a link); use $VENV/bin/$NAME"
+else
+    ln -sfn "/opt/$NAME/venv/bin/$NAME" "$COMMAND"
+fi
 install_config "$gid"
 install -d -m 0750 -o "$uid" -g "$gid" "$STATE"
 install_unit

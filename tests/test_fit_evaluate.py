@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_models.base import scorer_class
 from edge_models.modelfile import load_model
 from gateway.alerts import AlertEvent
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.evaluate import alarms_from_events
+from gateway.evaluate import Stack, alarms_from_events, load_stack
 
 SAMPLES = Path(__file__).resolve().parent / "data"
 SKAB_SAMPLE = SAMPLES / "sample-skab"
@@ -216,3 +217,31 @@ def test_evaluate_nab_reports_the_three_profiles(
     for key in ("nab_standard", "nab_low_fp", "nab_low_fn"):
         assert isinstance(figures[key], float)
         assert -100.0 <= figures[key] <= 100.0
+
+
+STACKS = Path(__file__).resolve().parents[1] / "config" / "stacks"
+
+
+def test_the_written_out_default_stack_is_the_default() -> None:
+    """config/stacks/default.toml sets exactly what evaluate runs without --stack."""
+    written = load_stack(STACKS / "default.toml")
+    default = Stack()
+
+    assert written.tag_scorers == default.tag_scorers
+    assert written.models == default.models
+    assert written.alerts == default.alerts
+    assert set(written.scorers) == set(written.tag_scorers)
+    for kind in written.tag_scorers:
+        params = scorer_class(kind).Params
+        assert params.model_validate(written.scorers[kind]) == params(), kind
+
+
+def test_the_published_pca_stack_builds_a_pca_detector() -> None:
+    """config/stacks/pca-published.toml is PCA T²+Q alone with no persistence."""
+    stack = load_stack(STACKS / "pca-published.toml")
+
+    assert stack.tag_scorers == ()
+    assert [model.kind for model in stack.models] == ["pca"]
+    assert (stack.alerts.raise_after, stack.alerts.clear_after) == (1, 1)
+    params = scorer_class("pca").Params.model_validate(stack.models[0].params)
+    assert params.variance == 0.85

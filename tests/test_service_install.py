@@ -141,8 +141,12 @@ def check_layout(root: Path) -> None:
     assert link.is_symlink()
     assert os.readlink(link) == f"/etc/systemd/system/{UNIT}"
 
-    command = root / "opt/edge-gateway/venv/bin/edge-gateway"
+    venv = root / "opt/edge-gateway/venv"
+    assert (mode(venv), venv.stat().st_uid) == (0o755, 0)
+    command = venv / "bin/edge-gateway"
     assert mode(command) & 0o111
+    on_path = root / "usr/local/bin/edge-gateway"
+    assert os.readlink(on_path) == "/opt/edge-gateway/venv/bin/edge-gateway"
     version = subprocess.run(
         [str(command), "--version"], capture_output=True, text=True, check=True
     )
@@ -214,6 +218,7 @@ def test_install_reinstall_and_uninstall_on_a_scratch_root(
     assert not (root / "etc/systemd/system" / UNIT).exists()
     assert not (root / "etc/systemd/system/multi-user.target.wants" / UNIT).exists()
     assert not (root / "opt/edge-gateway").exists()
+    assert not (root / "usr/local/bin/edge-gateway").is_symlink()
     assert store.read_bytes() == b"readings"
     assert 'id = "gw-77"' in edited.read_text()
 

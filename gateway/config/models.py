@@ -144,10 +144,11 @@ class ServiceConfig(Model):
     socket sits beside the store, so every configuration folder has its own.
     ``metrics_port`` serves Prometheus text on 127.0.0.1
     (0, the default, serves nothing). The daemon logs a WARNING when its
-    resident memory, outbox backlog, pipeline queue or store size pass
-    ``warn_fraction`` of their limits: ``memory_limit_mb`` (the unit's
-    ``MemoryMax``), ``backlog_limit_messages``, ``pipeline.queue_batches`` and
-    ``store.max_bytes``.
+    resident memory, outbox backlog or pipeline queue pass ``warn_fraction`` of
+    their limits: ``memory_limit_mb`` (the unit's ``MemoryMax``),
+    ``backlog_limit_messages`` and ``pipeline.queue_batches``. The store is not
+    among them: it runs at ``store.max_bytes`` by design, evicting the oldest
+    raw readings first and logging each eviction.
     """
 
     runtime_dir: ConfigPath | None = None
