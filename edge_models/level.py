@@ -66,6 +66,8 @@ BoolArray = npt.NDArray[np.bool_]
 
 MIN_FIT_VALUES = 10
 """Finite values per tag that fit needs for a median, a deviation and a ratio."""
+# Cells (steps x tags) scored in one piece: bounds the work arrays to a few MiB.
+_CHUNK_CELLS = 1 << 18
 
 
 class LevelParams(ScorerParams):
@@ -179,6 +181,20 @@ class LevelShift(Scorer):
         values, ok = checked_batch(self, values, valid)
         if not self.fitted:
             return np.full(values.shape, np.nan)
+        # A long, wide batch (the fit rows of a wide group) is scored in pieces:
+        # the work arrays are a dozen times the batch, and scores do not depend
+        # on how a stream is cut into batches.
+        rows = max(1, _CHUNK_CELLS // self.k)
+        if values.shape[0] <= rows:
+            return self._score(values, ok)
+        return np.concatenate(
+            [
+                self._score(values[start : start + rows], ok[start : start + rows])
+                for start in range(0, values.shape[0], rows)
+            ]
+        )
+
+    def _score(self, values: FloatArray, ok: BoolArray) -> ScoreArray:
         width = self.params.window
         step, tag = np.nonzero(ok)
         rank = (np.cumsum(ok, axis=0) - 1)[step, tag]

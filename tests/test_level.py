@@ -44,6 +44,7 @@ def reference(
 @pytest.mark.parametrize("follow", [0.0, 5.0, 30.0])
 @pytest.mark.parametrize("window", [1, 7, 30])
 def test_matches_reference_in_any_batching(window: int, follow: float) -> None:
+    """Scores in batches of 1, 13 and 150 rows equal the per-row reference."""
     rng = np.random.default_rng(window)
     normal = rng.normal(size=(200, 3)) + np.array([0.0, 5.0, -2.0])
     normal[:, 2] = np.cumsum(normal[:, 2]) * 0.1  # a drifting tag
@@ -63,6 +64,24 @@ def test_matches_reference_in_any_batching(window: int, follow: float) -> None:
             ]
         )
         np.testing.assert_allclose(got, expected, rtol=1e-9, equal_nan=True)
+
+
+def test_a_long_wide_batch_scored_in_pieces_matches_the_reference() -> None:
+    """A batch too big for one piece (300 x 2,000 cells) scores as the reference."""
+    rng = np.random.default_rng(11)
+    k = 2_000
+    normal = rng.normal(size=(150, k)) + np.arange(k) * 0.01
+    values = rng.normal(size=(300, k))
+    values[100:180, ::7] += 4.0
+    values[rng.random(values.shape) < 0.05] = np.nan
+    params = LevelParams(window=5, limit=4.0, follow=10.0)
+    scorer = LevelShift(params, k)
+    scorer.fit(normal)
+
+    got = scorer.score(values, np.isfinite(values))
+    columns = slice(0, k, 97)  # the per-row reference is slow: a sample of tags
+    expected = reference(normal[:, columns], values[:, columns], params)
+    np.testing.assert_allclose(got[:, columns], expected, rtol=1e-9, equal_nan=True)
 
 
 def test_state_and_parameters_continue_identically() -> None:

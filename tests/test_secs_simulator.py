@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 from mosquitto import free_port
 from secs_support import TOOL, Recorder, load_tool, make_driver, until
 
@@ -88,6 +89,19 @@ async def test_connect_establishes_and_discovers(tmp_path: Path) -> None:
         assert simulator.state.reports == {7: (1001, 2001)}
         assert simulator.state.links == {100: [7]}
         assert simulator.state.enabled_events == {100}
+
+
+async def test_a_denied_establish_is_retried_until_accepted(tmp_path: Path) -> None:
+    """S1F13 answered COMMACK 1 is sent again after the delay until accepted."""
+    async with running(tmp_path) as (simulator, driver):
+        simulator.establish_denials = 2
+        with structlog.testing.capture_logs() as logs:
+            await driver.connect()
+
+    assert driver.equipment == ("EDGESIM", "1.0.0")
+    assert simulator.establish_requests == 3
+    retries = [entry for entry in logs if entry["event"] == "gem_establish_retry"]
+    assert [entry["reason"] for entry in retries] == ["COMMACK 1", "COMMACK 1"]
 
 
 async def test_status_variables_are_polled_into_a_batch(tmp_path: Path) -> None:

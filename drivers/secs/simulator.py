@@ -73,6 +73,7 @@ LRACK_ALREADY_LINKED, LRACK_UNKNOWN_CEID, LRACK_UNKNOWN_RPTID = 3, 4, 5
 ERACK_UNKNOWN_CEID = 1
 ACKC5_ERROR = 1
 ONLACK_ALREADY_ONLINE = 2
+COMMACK_DENIED = 1  # E30: communication denied, try again later
 # S9 functions the equipment sends about a message it cannot take.
 S9_UNKNOWN_STREAM, S9_UNKNOWN_FUNCTION, S9_ILLEGAL_DATA = 3, 5, 7
 _CATEGORY_OF_FAULT = {
@@ -161,6 +162,10 @@ class HsmsSimulator(ToolSimulator):
         self.state = _GemState()
         self.reply_latencies_s: list[float] = []
         self.events_sent = 0
+        self.establish_denials = 0
+        """How many of the host's next S1F13 to deny (COMMACK 1), as a busy tool."""
+        self.establish_requests = 0
+        """S1F13 received from the host."""
         self.alarms_sent = 0
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -371,6 +376,10 @@ class HsmsSimulator(ToolSimulator):
         return Item.L(*entries)
 
     def _s1f13(self, message: Message) -> Item:
+        self.establish_requests += 1
+        if self.establish_denials > 0:
+            self.establish_denials -= 1
+            return Item.L(Item.B(COMMACK_DENIED), Item.L())
         return Item.L(Item.B(ACCEPTED), Item.L(Item.A(MDLN), Item.A(SOFTREV)))
 
     def _s1f15(self, message: Message) -> Item:
