@@ -5,6 +5,9 @@ Two shapes of batch from the simulated signal generators:
 * large: 10,000 tags x 100 steps per batch (a poll group read in bulk);
 * small: 1,000 tags x 1 step per batch (one poll of a wide group).
 
+Every tag gets the scorers ``--scorers`` names: by default the gateway's default
+stack (EWMA and level on every tag); ``--scorers ewma`` measures EWMA alone.
+
 Prints, for each: readings/s through ``ToolPipeline.process`` (validate, scale,
 score, alerts, summaries, hand-off to the store writer, which compresses and
 commits on its own thread), the same including the wait for the last group
@@ -30,7 +33,7 @@ from drivers.base import PollGroup
 from drivers.batch import ReadingBatch
 from drivers.signals import SignalGenerator, SignalSpec
 from drivers.simulated import SimulatedSettings
-from edge_models.ewma import EwmaParams
+from edge_models.base import scorer_class
 from gateway.config.models import (
     GatewayIdentity,
     PollGroupConfig,
@@ -47,14 +50,14 @@ QUEUE_BATCHES = 256
 SMALL_PACE_S = 0.002
 
 
-def build_tool(k: int) -> ToolConfig:
+def build_tool(k: int, scorers: tuple[str, ...] = ("ewma",)) -> ToolConfig:
     names = [f"t{i:05d}" for i in range(k)]
     tags = tuple(
         TagConfig(
             name=name,
             unit="u",
             limits=(-1e9, 1e9),
-            scorers=("ewma",),
+            scorers=scorers,
             source=SignalSpec(level=100.0 + i % 50, noise=0.3, amplitude=1.0),
         )
         for i, name in enumerate(names)
@@ -64,7 +67,7 @@ def build_tool(k: int) -> ToolConfig:
         driver=SimulatedSettings(kind="simulated", seed=1),
         poll_groups=(PollGroupConfig(name="g", interval_s=1.0, tags=tuple(names)),),
         tags=tags,
-        scorers={"ewma": EwmaParams()},
+        scorers={kind: scorer_class(kind).Params() for kind in scorers},
     )
     rule = tool.alerts
     return tool.model_copy(
@@ -91,8 +94,15 @@ def batches(k: int, steps: int, count: int) -> list[ReadingBatch]:
     return out
 
 
-def run(k: int, steps: int, count: int, workdir: Path, pace_s: float) -> None:
-    tool = build_tool(k)
+def run(
+    k: int,
+    steps: int,
+    count: int,
+    workdir: Path,
+    pace_s: float,
+    scorers: tuple[str, ...],
+) -> None:
+    tool = build_tool(k, scorers)
     store = Store.open(workdir / f"bench-{k}x{steps}.db", StoreConfig())
     pipeline = ToolPipeline(
         tool,
@@ -171,11 +181,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", type=int, default=60, help="large batches to run")
     parser.add_argument("--small", type=int, default=3000, help="small batches to run")
+    parser.add_argument(
+        "--scorers",
+        default=",".join(TagConfig.model_fields["scorers"].default),
+        help="scorers on every tag, comma-separated (default: the gateway's)",
+    )
     args = parser.parse_args()
+    scorers = tuple(args.scorers.split(","))
+    print(f"scorers on every tag: {', '.join(scorers)}")
     with tempfile.TemporaryDirectory() as tmp:
-        run(10_000, 100, args.large, Path(tmp), pace_s=0.0)
-        run(1_000, 1, args.small, Path(tmp), pace_s=0.0)
-        run(1_000, 1, args.small, Path(tmp) / "paced", pace_s=SMALL_PACE_S)
+        run(10_000, 100, args.large, Path(tmp), 0.0, scorers)
+        run(1_000, 1, args.small, Path(tmp), 0.0, scorers)
+        run(1_000, 1, args.small, Path(tmp) / "paced", SMALL_PACE_S, scorers)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,8 @@ class LevelShift(Scorer):
         # A long, wide batch (the fit rows of a wide group) is scored in pieces:
         # the work arrays are a dozen times the batch, and scores do not depend
         # on how a stream is cut into batches.
+        if values.shape[0] == 1:  # one poll: the common case, and the cheap path
+            return self._score_row(values[0], ok[0])
         rows = max(1, _CHUNK_CELLS // self.k)
         if values.shape[0] <= rows:
             return self._score(values, ok)
@@ -193,6 +195,24 @@ class LevelShift(Scorer):
                 for start in range(0, values.shape[0], rows)
             ]
         )
+
+    def _score_row(self, row: FloatArray, ok: BoolArray) -> ScoreArray:
+        """Score one row: shift each valid tag's window by one and average it."""
+        tags = np.flatnonzero(ok)
+        window = self._window[tags]
+        window[:, :-1] = window[:, 1:]
+        window[:, -1] = row[tags]
+        self._window[tags] = window
+        filled = np.isfinite(window)
+        mean = np.where(filled, window, 0.0).sum(axis=1) / filled.sum(axis=1)
+        means = np.full((1, self.k), np.nan)
+        means[0, tags] = mean
+        if self.params.follow > 0.0:
+            return self._follow(means)
+        scores: ScoreArray = np.abs(means - self._level) / (
+            self.params.limit * self._se
+        )
+        return scores
 
     def _score(self, values: FloatArray, ok: BoolArray) -> ScoreArray:
         width = self.params.window

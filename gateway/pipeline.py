@@ -103,6 +103,8 @@ class ToolPipeline:
         self.store = store
         self.telemetry = telemetry
         self.readings = 0
+        self.alert_events = 0
+        """Alert transitions (raised and cleared) emitted so far."""
         self.bad_readings = 0
         self._topics = {
             kind: tool_topic(topic_prefix, identity.site, identity.id, tool.id, kind)
@@ -243,6 +245,7 @@ class ToolPipeline:
 
     def _emit_alerts(self, plan: _GroupPlan, events: Sequence[AlertEvent]) -> None:
         site, gateway = self.identity.site, self.identity.id
+        self.alert_events += len(events)
         for event in events:
             # A multivariate model's alert names the model; its score has no unit.
             unit = plan.unit_of.get(event.tag, "")

@@ -330,3 +330,114 @@ async def read_until_failure(driver: OpcUaDriver, group: PollGroup) -> None:
     for _ in range(50):
         await driver.read_group(group)
         await asyncio.sleep(group.interval_s)
+
+
+class FreezingProxy:
+    """A TCP relay on 127.0.0.1 that can go silent without closing: a pulled cable.
+
+    While frozen, bytes in both directions are dropped and new connections are
+    accepted but never relayed; :meth:`thaw` closes the connections that froze
+    (their streams lost bytes) and relays new ones again.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self._close_all()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self._close_all()
+        self.frozen = False
+
+    def _close_all(self) -> None:
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def _accept(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        self._writers.add(client_w)
+        server_r, server_w = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
+        self._writers.add(server_w)
+        for source, sink in ((client_r, server_w), (server_r, client_w)):
+            task = asyncio.create_task(self._relay(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _relay(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65_536):
+                if not self.frozen:
+                    sink.write(data)
+        sink.close()
+
+
+async def test_a_silent_network_is_detected_by_keepalive_and_recovered() -> None:
+    """With no byte getting through and no socket closed, the session is rebuilt."""
+    tool = opcua_tool(
+        {"pressure": {"node_id": "ns=2;s=Chamber.Pressure"}},
+        [("pushed", "subscribe", FAST_S, ["pressure"])],
+        keepalive_s=0.3,
+        request_timeout_s=0.5,
+        connect_timeout_s=1.0,
+    )
+    async with (
+        OpcUaSimulator(tool, flat_simulation(tool, noise=1.0)) as sim,
+        FreezingProxy(sim.port) as proxy,
+    ):
+        settings = sim.driver_settings().model_copy(
+            update={"endpoint": f"opc.tcp://127.0.0.1:{proxy.port}/"}
+        )
+        driver = OpcUaDriver(
+            tool.id,
+            settings,
+            [tag.name for tag in tool.tags],
+            [tag.source for tag in tool.tags],
+            groups_of(tool),
+        )
+        sink = Collector()
+        supervisor = ToolSupervisor(
+            driver, sink, BackoffConfig(initial_s=0.1, max_s=0.3, jitter=0.0)
+        )
+        task = asyncio.create_task(supervisor.run())
+        try:
+            await sink.wait_for("pushed", 3)
+            proxy.freeze()
+            await sink.wait_until(
+                lambda: any((b.quality == BAD_COMM).all() for b in sink.batches)
+            )
+            proxy.thaw()
+            marks = len(sink.batches)
+            await sink.wait_until(
+                lambda: any((b.quality == GOOD).all() for b in sink.batches[marks:])
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await driver.close()
+    assert supervisor.reconnects >= 1

@@ -240,20 +240,25 @@ class RollupItem:
         if not rows:
             return None
         column = {tag: i for i, tag in enumerate(new.tags)}
+        _, tags, _, *fields = zip(*rows, strict=True)
+        where = np.array([column.get(tag, -1) for tag in tags], dtype=np.intp)
+        ours = where >= 0
+        where = where[ours]
         stored = RollupColumns.empty(new.tool, new.hour_ns, new.tags)
-        for row in rows:
-            i = column.get(row[1])
-            if i is None:
-                continue
-            r = rollup_from_row(row)
-            stored.count[i], stored.minimum[i], stored.maximum[i] = (
-                r.count,
-                r.minimum,
-                r.maximum,
-            )
-            stored.mean[i], stored.m2[i], stored.last[i] = r.mean, r.m2, r.last
-            stored.last_ns[i], stored.bad[i] = r.last_ns, r.bad
-            stored.max_score[i] = r.max_score
+        targets = (
+            stored.count,
+            stored.minimum,
+            stored.maximum,
+            stored.mean,
+            stored.m2,
+            stored.last,
+            stored.last_ns,
+            stored.bad,
+            stored.max_score,
+        )
+        for target, values in zip(targets, fields, strict=True):
+            # NULL (None) becomes NaN in a float array, as rollup_from_row reads it.
+            target[where] = np.array(values, dtype=target.dtype)[ours]
         return stored
 
 
