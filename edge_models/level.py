@@ -198,11 +198,17 @@ class LevelShift(Scorer):
 
     def _score_row(self, row: FloatArray, ok: BoolArray) -> ScoreArray:
         """Score one row: shift each valid tag's window by one and average it."""
-        tags = np.flatnonzero(ok)
-        window = self._window[tags]
-        window[:, :-1] = window[:, 1:]
-        window[:, -1] = row[tags]
-        self._window[tags] = window
+        tags: slice | npt.NDArray[np.intp]
+        if ok.all():  # the usual poll: every window moves, in place
+            tags, window = slice(None), self._window
+            window[:, :-1] = window[:, 1:]
+            window[:, -1] = row
+        else:
+            tags = np.flatnonzero(ok)
+            window = self._window[tags]
+            window[:, :-1] = window[:, 1:]
+            window[:, -1] = row[tags]
+            self._window[tags] = window
         filled = np.isfinite(window)
         mean = np.where(filled, window, 0.0).sum(axis=1) / filled.sum(axis=1)
         means = np.full((1, self.k), np.nan)
