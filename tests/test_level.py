@@ -66,6 +66,28 @@ def test_matches_reference_in_any_batching(window: int, follow: float) -> None:
         np.testing.assert_allclose(got, expected, rtol=1e-9, equal_nan=True)
 
 
+@pytest.mark.parametrize("follow", [0.0, 30.0])
+def test_gapless_batches_match_the_reference(follow: float) -> None:
+    """Batches with every cell valid (the dense path) equal the per-row reference."""
+    rng = np.random.default_rng(5)
+    normal = rng.normal(size=(120, 4)) + np.array([0.0, 2.0, -1.0, 8.0])
+    values = rng.normal(size=(160, 4))
+    values[40:70, 1] += 5.0
+    params = LevelParams(window=9, limit=4.0, follow=follow)
+    expected = reference(normal, values, params)
+
+    for batch in (2, 13, 160):
+        scorer = LevelShift(params, 4)
+        scorer.fit(normal)
+        got = np.vstack(
+            [
+                scorer.score(values[i : i + batch], np.isfinite(values[i : i + batch]))
+                for i in range(0, len(values), batch)
+            ]
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
 def test_a_long_wide_batch_scored_in_pieces_matches_the_reference() -> None:
     """A batch too big for one piece (300 x 2,000 cells) scores as the reference."""
     rng = np.random.default_rng(11)
