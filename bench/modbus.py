@@ -32,7 +32,6 @@ import contextlib
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from measure import memory_mib, usage
 
 from drivers.modbus.config import ModbusSettings, ModbusSource
 from drivers.modbus.simulator import ModbusSimulator
@@ -64,7 +64,6 @@ TAGS_PER_REQUEST = 62  # float32 tags in one 124-register read
 # (a TCP gateway in front of several devices), in whole requests.
 TAGS_PER_UNIT = TAGS_PER_REQUEST * 500
 SERVER_START_TIMEOUT_S = 120.0
-KIB = 1024
 # The signals' sine spans SINE_POLLS polls; detectors fit on FIT_ROWS polls (three
 # periods), within the warm-up, so the measurement scores with every detector
 # fitted on normal data, as a gateway does in steady state.
@@ -73,7 +72,6 @@ FIT_ROWS = 3 * SINE_POLLS
 WARMUP_POLLS = FIT_ROWS + 10
 MIN_WARMUP_S = 5.0
 OLDEST_GENERATION = 2  # the garbage collector's full collections
-MIB = 1024 * 1024
 
 
 def build_tool(k: int, interval_s: float, concurrency: int, port: int) -> ToolConfig:
@@ -130,22 +128,6 @@ def simulation(k: int, interval_s: float) -> Simulation:
         for i in range(k)
     }
     return Simulation.model_validate({"seed": 1, "step_s": 0.1, "signals": signals})
-
-
-def usage() -> tuple[float, float]:
-    """Return (CPU seconds of the whole process, monotonic seconds)."""
-    rusage = resource.getrusage(resource.RUSAGE_SELF)
-    return rusage.ru_utime + rusage.ru_stime, time.monotonic()
-
-
-def memory_mib() -> tuple[float, float]:
-    """Return (resident MiB now, peak resident MiB) of this process."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * KIB / MIB
-    return fields["VmRSS"], fields["VmHWM"]
 
 
 # roles

@@ -30,14 +30,14 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from measure import memory_mib, process_cpu_s, usage
 
 from drivers.opcua import OpcUaDriver, OpcUaSettings, OpcUaSource
 from drivers.opcua.simulator import OpcUaSimulator
@@ -57,13 +57,11 @@ from gateway.config.models import (
 from gateway.daemon import Gateway
 from gateway.pipeline import poll_groups
 
-KIB = 1024
 # Detectors fit on FIT_ROWS polls within the warm-up, so the measurement scores
 # with every detector fitted on normal data, as a gateway does in steady state.
 FIT_ROWS = 30
 WARMUP_POLLS = FIT_ROWS + 10
 MIN_WARMUP_S = 5.0
-MIB = 1024 * 1024
 ROLES = ("gateway-read", "gateway-subscribe", "driver-read", "driver-subscribe")
 
 
@@ -109,22 +107,6 @@ def simulation(k: int, step_s: float) -> Simulation:
     return Simulation.model_validate({"seed": 1, "step_s": step_s, "signals": signals})
 
 
-def usage() -> tuple[float, float]:
-    """Return (CPU seconds of the whole process, monotonic seconds)."""
-    rusage = resource.getrusage(resource.RUSAGE_SELF)
-    return rusage.ru_utime + rusage.ru_stime, time.monotonic()
-
-
-def memory_mib() -> tuple[float, float]:
-    """Return (resident MiB now, peak resident MiB) of this process."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * KIB / MIB
-    return fields["VmRSS"], fields["VmHWM"]
-
-
 def figures(cpu0: float, wall0: float, readings: int) -> dict[str, Any]:
     cpu1, wall1 = usage()
     rss, peak = memory_mib()
@@ -135,13 +117,6 @@ def figures(cpu0: float, wall0: float, readings: int) -> dict[str, Any]:
         "peak": peak,
         "readings_per_s": readings / wall,
     }
-
-
-def process_cpu_s(pid: int) -> float:
-    """Return the CPU seconds (user + system) another process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14, 15
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # roles
