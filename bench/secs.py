@@ -7,7 +7,7 @@ in this process, handing batches and events to a counting sink.
 
 Prints:
 
-* polling: gateway CPU share of one core while polling the group every second,
+* polling: driver CPU share of one core while polling the group every second,
   and the S1F3 -> S1F4 round trip p50/p99 (measured by the driver's side);
 * burst: ``--burst`` S6F11 sent at once by the equipment; the time until the
   gateway has delivered them all, its CPU share meanwhile, and the S6F11 -> S6F12
@@ -191,7 +191,7 @@ async def measure(folder: Path, poll_s: float, burst: int) -> None:
             f"polling {len(tool.tags)} SVIDs every {POLL_INTERVAL_S:g} s for "
             f"{wall:.1f} s: {len(trips)} polls, {sink.readings} readings"
         )
-        print(f"  gateway CPU {100 * cpu / wall:.2f} % of one core")
+        print(f"  driver CPU {100 * cpu / wall:.2f} % of one core")
         print(
             f"  S1F3 round trip p50 {np.percentile(trips, 50):.2f} ms, "
             f"p99 {np.percentile(trips, 99):.2f} ms"
@@ -211,7 +211,7 @@ async def measure(folder: Path, poll_s: float, burst: int) -> None:
             f"{burst / wall:.0f} reports/s"
         )
         print(
-            f"  gateway CPU {100 * cpu / wall:.1f} % of one core during the burst "
+            f"  driver CPU {100 * cpu / wall:.1f} % of one core during the burst "
             f"(polling continues)"
         )
         print(
