@@ -125,11 +125,14 @@ class PollGroup:
     interval_s: float
     tags: tuple[int, ...]
     mode: Literal["read", "subscribe"] = "read"
+    tag_index: Int32Array = field(init=False, repr=False, compare=False)
+    """The group's tag indices as the int32 array batches carry (read-only)."""
 
-    @property
-    def tag_index(self) -> Int32Array:
-        """The group's tag indices as the int32 array batches carry."""
-        return np.asarray(self.tags, dtype=np.int32)
+    def __post_init__(self) -> None:
+        # Made once: every batch of the group carries it, at every poll.
+        index = np.asarray(self.tags, dtype=np.int32)
+        index.flags.writeable = False
+        object.__setattr__(self, "tag_index", index)
 
 
 @dataclass(slots=True)

@@ -269,10 +269,9 @@ class Detector:
     def active_alerts(self) -> list[dict[str, str]]:
         """Return the group's active alerts as ``{tag, model}`` entries."""
         return [
-            {"tag": tag, "model": part.plan.kind}
+            {"tag": part.alerts.tags[j], "model": part.plan.kind}
             for part in self._parts
-            for tag, on in zip(part.alerts.tags, part.alerts.active, strict=True)
-            if on
+            for j in np.flatnonzero(part.alerts.active).tolist()
         ]
 
 

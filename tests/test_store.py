@@ -34,7 +34,6 @@ from gateway.store import (
     Store,
     StoreClosedError,
     StoreError,
-    merge_rollup_columns,
     merge_rollups,
 )
 
@@ -383,8 +382,8 @@ def _as_columns(rollups: list[Rollup]) -> RollupColumns:
     )
 
 
-def test_columnar_merge_matches_the_merge_of_each_pair() -> None:
-    """Merging columns equals merge_rollups column by column, empty ones included."""
+def test_stored_merge_of_columns_matches_the_merge_of_each_pair(store: Store) -> None:
+    """Two windows of 300 tags merge in the store as merge_rollups does each pair."""
     rng = np.random.default_rng(SEED)
     sizes = rng.choice([0, 0, 1, 2, 40], size=(2, 300))
     pairs = [
@@ -394,11 +393,14 @@ def test_columnar_merge_matches_the_merge_of_each_pair() -> None:
         ]
         for row in sizes
     ]
-    merged = merge_rollup_columns(_as_columns(pairs[0]), _as_columns(pairs[1]))
+    store.put_rollups(_as_columns(pairs[0]))
+    store.put_rollups(_as_columns(pairs[1]))
+    assert store.flush()
 
-    for i, (a, b) in enumerate(zip(*pairs, strict=True)):
-        expected = merge_rollups(a, b)
-        got = merged.rollup(i)
+    stored = {r.tag: r for r in store.rollups("t")}
+    assert len(stored) == 300
+    for a, b in zip(*pairs, strict=True):
+        expected, got = merge_rollups(a, b), stored[a.tag]
         assert (got.count, got.bad, got.last_ns) == (
             expected.count,
             expected.bad,
@@ -407,7 +409,7 @@ def test_columnar_merge_matches_the_merge_of_each_pair() -> None:
         for name in ("minimum", "maximum", "mean", "m2", "last", "max_score"):
             assert getattr(got, name) == pytest.approx(
                 getattr(expected, name), rel=1e-12, nan_ok=True
-            ), name
+            ), (a.tag, name)
 
 
 def test_rollups_of_other_tags_and_hours_are_kept_apart(store: Store) -> None:

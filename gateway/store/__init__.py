@@ -18,7 +18,6 @@ from gateway.store.records import (
     RollupColumns,
     StoreStats,
     ToolStoreStats,
-    merge_rollup_columns,
     merge_rollups,
 )
 from gateway.store.store import Readings, Store, StoreReader
@@ -44,6 +43,5 @@ __all__ = [
     "StoreStats",
     "ToolStoreStats",
     "decode_block",
-    "merge_rollup_columns",
     "merge_rollups",
 ]

@@ -22,11 +22,9 @@ __all__ = [
     "RollupColumns",
     "StoreStats",
     "ToolStoreStats",
-    "merge_rollup_columns",
     "merge_rollups",
 ]
 
-_NO_TIMESTAMP_NS = np.iinfo(np.int64).min
 
 # Outbox priorities: lower is published first and evicted last.
 PRIORITY_ALERT = 0
@@ -105,7 +103,8 @@ class RollupColumns:
 
     Column ``i`` is tag ``tags[i]``; each statistic means what :class:`Rollup`'s
     does. One window's summaries of a poll group give one of these, so a wide
-    group costs one store item per window, not one per tag.
+    group costs one store item per window, not one per tag; the store merges each
+    column into the stored roll-up as :func:`merge_rollups` does.
     """
 
     tool: str
@@ -120,26 +119,6 @@ class RollupColumns:
     last_ns: npt.NDArray[np.int64]
     bad: npt.NDArray[np.int64]
     max_score: npt.NDArray[np.float64]
-
-    @classmethod
-    def empty(cls, tool: str, hour_ns: int, tags: tuple[str, ...]) -> RollupColumns:
-        """Return roll-ups of no readings: the identity of the merge."""
-        k = len(tags)
-        nan = np.full(k, np.nan)
-        return cls(
-            tool=tool,
-            hour_ns=hour_ns,
-            tags=tags,
-            count=np.zeros(k, np.int64),
-            minimum=nan,
-            maximum=nan.copy(),
-            mean=nan.copy(),
-            m2=np.zeros(k),
-            last=nan.copy(),
-            last_ns=np.full(k, _NO_TIMESTAMP_NS, np.int64),
-            bad=np.zeros(k, np.int64),
-            max_score=nan.copy(),
-        )
 
     def take(self, columns: npt.NDArray[np.intp]) -> RollupColumns:
         """Return the roll-ups of ``columns`` only, in that order."""
@@ -271,43 +250,6 @@ def merge_rollups(a: Rollup, b: Rollup) -> Rollup:
         last_ns=later.last_ns,
         bad=a.bad + b.bad,
         max_score=_nan_aware(max, a.max_score, b.max_score),
-    )
-
-
-def merge_rollup_columns(a: RollupColumns, b: RollupColumns) -> RollupColumns:
-    """Return :func:`merge_rollups` of every column pair of ``a`` and ``b`` at once.
-
-    ``a`` and ``b`` hold the same tags in the same order; keys come from ``a``.
-    """
-    n = a.count + b.count
-    delta = b.mean - a.mean
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(
-            b.count == 0,
-            a.mean,
-            np.where(a.count == 0, b.mean, a.mean + delta * b.count / n),
-        )
-        m2 = np.where(
-            b.count == 0,
-            a.m2,
-            np.where(
-                a.count == 0, b.m2, a.m2 + b.m2 + delta * delta * a.count * b.count / n
-            ),
-        )
-    later = b.last_ns >= a.last_ns
-    return RollupColumns(
-        tool=a.tool,
-        hour_ns=a.hour_ns,
-        tags=a.tags,
-        count=n,
-        minimum=np.fmin(a.minimum, b.minimum),
-        maximum=np.fmax(a.maximum, b.maximum),
-        mean=mean,
-        m2=m2,
-        last=np.where(later, b.last, a.last),
-        last_ns=np.where(later, b.last_ns, a.last_ns),
-        bad=a.bad + b.bad,
-        max_score=np.fmax(a.max_score, b.max_score),
     )
 
 
