@@ -757,9 +757,22 @@ async def test_stop_publishes_the_backlog_within_the_deadline(
         await task
 
     assert store.pending_messages(limit=10) == []
-    await eventually(lambda: b"last-words-199" in subscriber.payloads(), 5.0)
+    status = status_topic(topic_prefix, SITE, identity.id)
+
+    def offline_at() -> int:
+        """Where the offline status arrived among the messages, or -1."""
+        for i, message in enumerate(subscriber.messages):
+            if message.topic == status and json.loads(message.payload)["state"] == (
+                "offline"
+            ):
+                return i
+        return -1
+
+    # The offline status follows the last words: wait for it, not just for them.
+    await eventually(lambda: offline_at() >= 0, 5.0)
     received = subscriber.messages
-    assert json.loads(received[-1].payload)["state"] == "offline"
+    last_words = [i for i, m in enumerate(received) if m.topic == topic]
+    assert max(last_words) < offline_at()
     assert _first_seen([m.payload for m in received if m.topic == topic]) == sent
 
 
