@@ -211,6 +211,16 @@ class Driver(abc.ABC):
     async def close(self) -> None:
         """Close the session; must not raise."""
 
+    def tag_faults(self) -> dict[str, str]:
+        """Return the tags the tool refused at their last read, with its answer.
+
+        Keys are tag names, values what the tool said in its protocol's words
+        (``"exception 0x02 illegal data address"``, ``"BadNodeIdUnknown"``).
+        Tags bad for a lost link are not listed: the connection state says so.
+        Drivers whose protocol gives no per-tag answer return nothing.
+        """
+        return {}
+
     async def acquire(self, sink: BatchSink) -> None:
         """Poll every ``read`` group on its interval and hand each batch to ``sink``.
 

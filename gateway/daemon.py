@@ -37,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -86,6 +87,8 @@ RATE_WINDOW_S = 10.0
 # A status request reuses store figures at most this old (they cost SQL).
 FIGURES_MAX_AGE_S = 1.0
 _NS_PER_S = 1_000_000_000
+# Refused tags listed per tool in the status report; the rest are counted.
+STATUS_TAG_FAULTS = 50
 _BYTES_PER_MB = 1024 * 1024
 
 QueueItem = ReadingBatch | EquipmentEvent
@@ -702,6 +705,7 @@ class Gateway:
                 "readings_per_s": round(rate, 3),
                 "bad_share": round(bad_share, 4),
                 "active_alerts": pipeline.active_alerts(),
+                **_faults(sup.driver.tag_faults()),
             }
         publisher = self.publisher
         mqtt = None
@@ -747,6 +751,12 @@ class Gateway:
 
     def _status_json(self, stopped: bool) -> bytes:
         return json.dumps(self.status(stopped)).encode()
+
+
+def _faults(faults: dict[str, str]) -> dict[str, Any]:
+    """The status fields of a tool's refused tags: the first few, and how many."""
+    shown = dict(itertools.islice(faults.items(), STATUS_TAG_FAULTS))
+    return {"tag_faults": shown, "tag_faults_total": len(faults)}
 
 
 async def run_gateway(

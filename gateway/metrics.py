@@ -64,6 +64,10 @@ _HELP: dict[str, tuple[str, str]] = {
     "edge_gateway_tool_readings_total": ("counter", "readings since start"),
     "edge_gateway_tool_reconnects_total": ("counter", "reconnects since start"),
     "edge_gateway_tool_active_alerts": ("gauge", "alerts raised and not cleared"),
+    "edge_gateway_tool_refused_tags": (
+        "gauge",
+        "tags the tool refused at their last read",
+    ),
     "edge_gateway_mqtt_connected": ("gauge", "1 while connected to the broker"),
     "edge_gateway_mqtt_acked_total": ("counter", "messages acknowledged by the broker"),
     "edge_gateway_outbox_messages": ("gauge", "messages waiting to be published"),
@@ -99,6 +103,7 @@ def _samples(report: dict[str, Any]) -> Iterator[_Sample]:
             labels,
             float(len(tool["active_alerts"])),
         )
+        yield "edge_gateway_tool_refused_tags", labels, tool["tag_faults_total"]
     mqtt = report.get("mqtt")
     if mqtt is not None:
         yield "edge_gateway_mqtt_connected", {}, 1.0 if mqtt["connected"] else 0.0

@@ -158,6 +158,9 @@ def build_report(
             "reconnects": state.get("reconnects", 0),
             "last_error": state.get("last_error", ""),
             "active_alerts": figures.active_alerts.get(tool.id, []),
+            # What the tool answered for the tags it refused (live only).
+            "tag_faults": state.get("tag_faults", {}) if running else {},
+            "tag_faults_total": state.get("tag_faults_total", 0) if running else 0,
         }
     stats = figures.stats
     return {

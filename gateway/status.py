@@ -133,6 +133,12 @@ def _tools(status: dict[str, Any]) -> list[str]:
             f"since {alert['since']}"
             for alert in tool["active_alerts"]
         )
+        lines.extend(
+            f"  refused: {tag}: {answer}" for tag, answer in tool["tag_faults"].items()
+        )
+        hidden = tool["tag_faults_total"] - len(tool["tag_faults"])
+        if hidden > 0:
+            lines.append(f"  refused: {hidden} more tag(s)")
         if tool["last_error"]:
             lines.append(f"  last error: {tool['last_error']}")
     return lines

@@ -18,7 +18,18 @@ from drivers.base import ConnectionLost
 from drivers.batch import BAD_COMM, BAD_DEVICE, GOOD, ReadingBatch
 from drivers.modbus.errors import FrameError, RequestTimeout, TransactionMismatch
 from drivers.modbus.simulator import ModbusSimulator
-from gateway.config.models import BackoffConfig
+from gateway.config.models import (
+    BackoffConfig,
+    GatewayConfig,
+    GatewayIdentity,
+    MainConfig,
+    MqttConfig,
+    StoreConfig,
+)
+from gateway.daemon import Gateway
+from gateway.metrics import render_metrics
+from gateway.report import build_report
+from gateway.status import render_table
 from gateway.supervisor import ToolSupervisor
 
 ILLEGAL_ADDRESS = 0x02
@@ -83,12 +94,14 @@ async def test_exception_reply_marks_only_its_request_bad(tmp_path: Path) -> Non
         assert np.isnan(batch.values[0, 2])
         assert batch.values[0, [0, 1, 3]].tolist() == [1.5, 2.5, 9.0]
         assert driver.exception_codes.tolist() == [0, 0, ILLEGAL_ADDRESS, 0]
+        assert driver.tag_faults() == {"c": "exception 0x02 illegal data address"}
 
         simulator.clear_faults()
         batch = await driver.read_group(driver.groups[0])
         assert batch.quality[0].tolist() == [GOOD] * 4
         assert batch.values[0].tolist() == [1.5, 2.5, -4.0, 9.0]
         assert driver.exception_codes.tolist() == [0, 0, 0, 0]
+        assert driver.tag_faults() == {}
 
 
 async def test_an_unreachable_unit_does_not_stall_the_others(tmp_path: Path) -> None:
@@ -390,3 +403,51 @@ async def test_a_disconnect_window_drops_and_refuses_then_serves_again(
         batch = await driver.read_group(driver.groups[0])
 
     assert batch.quality[0].tolist() == [GOOD] * 4
+
+
+async def test_refused_tags_are_named_in_the_status_report(tmp_path: Path) -> None:
+    """A tag answered with an exception shows in status with the code and its name."""
+    tool = tool_file(tmp_path)
+    async with ModbusSimulator(tool, levels(LEVELS), LOOPBACK, 0) as simulator:
+        simulator.inject_exception(
+            ILLEGAL_ADDRESS, table="holding", address=40, unit_id=1
+        )
+        served_tool = tool.model_copy(update={"driver": simulator.driver_settings()})
+        config = GatewayConfig(
+            directory=tmp_path,
+            main=MainConfig(
+                gateway=GatewayIdentity(site="fab-1", id="gw-01"),
+                store=StoreConfig(path=tmp_path / "gateway.db"),
+                mqtt=MqttConfig(enabled=False),
+            ),
+            tools=(served_tool,),
+        )
+        gateway = Gateway(config)
+        stop = asyncio.Event()
+        running = asyncio.create_task(gateway.run(stop))
+        try:
+            await eventually(
+                lambda: bool(gateway.status()["tools"]["mb-01"]["tag_faults"]),
+                WITHIN_S,
+                "the refused tag in the status",
+            )
+            report = build_report(
+                config,
+                gateway.status(),
+                await gateway.store_figures(max_age_s=0.0),
+                running=True,
+                source="daemon",
+            )
+        finally:
+            stop.set()
+            await running
+
+    entry = report["tools"]["mb-01"]
+    assert entry["tag_faults"] == {"c": "exception 0x02 illegal data address"}
+    assert entry["tag_faults_total"] == 1
+    assert "  refused: c: exception 0x02 illegal data address" in (
+        render_table(report).splitlines()
+    )
+    assert 'edge_gateway_tool_refused_tags{tool="mb-01"} 1' in (
+        render_metrics(report).splitlines()
+    )

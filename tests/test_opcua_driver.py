@@ -236,6 +236,11 @@ async def test_unknown_node_wrong_type_and_denied_read_mark_only_that_tag() -> N
         "BadTypeMismatch",
         "BadNotReadable",
     ]
+    assert driver.tag_faults() == {
+        "gone": "BadNodeIdUnknown",
+        "text": "BadTypeMismatch",
+        "locked": "BadNotReadable",
+    }
 
 
 async def test_a_node_of_another_type_than_declared_is_bad() -> None:

@@ -38,6 +38,8 @@ TOOL_SCHEMA = {
         "reconnects",
         "last_error",
         "active_alerts",
+        "tag_faults",
+        "tag_faults_total",
     ],
     "properties": {
         "state": {"enum": ["connecting", "up", "down", "stopped"]},
@@ -45,6 +47,8 @@ TOOL_SCHEMA = {
         "readings_per_s": _NUMBER,
         "bad_share": {"type": "number", "minimum": 0, "maximum": 1},
         "readings_stored": _COUNT,
+        "tag_faults": {"type": "object", "additionalProperties": {"type": "string"}},
+        "tag_faults_total": _COUNT,
         "active_alerts": {
             "type": "array",
             "items": {
@@ -266,6 +270,7 @@ def test_metrics_render_every_status_figure() -> None:
                 "readings": 1000,
                 "reconnects": 2,
                 "active_alerts": [{"tag": "p", "model": "ewma"}],
+                "tag_faults_total": 0,
             }
         },
         "mqtt": {"connected": False, "acked": 7},

@@ -172,6 +172,14 @@ class ModbusDriver(Driver):
             quality=quality,
         )
 
+    def tag_faults(self) -> dict[str, str]:
+        """Tags whose last read was answered with an exception, and its code."""
+        return {
+            self.tag_names[t]: f"exception 0x{code:02X} {exception_name(code)}"
+            for t in np.flatnonzero(self.exception_codes).tolist()
+            for code in (int(self.exception_codes[t]),)
+        }
+
     async def close(self) -> None:
         """Close the connection; never raises."""
         link, self._link = self._link, None

@@ -94,6 +94,7 @@ SUBSCRIPTION_BACKLOG = 64
 KEEPALIVE_COUNT = 10
 LIFETIME_COUNT = 3 * KEEPALIVE_COUNT
 UNLIMITED = 0
+_BAD_BIT = 31  # StatusCode severity: the top bit set is bad
 _VALUE_RANK_SCALAR_OR_ANY = (-1, -2, -3)
 # Status codes of a server that refuses the client's certificate. asyncua 2.1
 # often surfaces that refusal as a parse error instead (NotEnoughData,
@@ -249,6 +250,20 @@ class OpcUaDriver(Driver):
             identity=config.identity,
             max_nodes_per_read=self._max_per_read,
         )
+
+    def tag_faults(self) -> dict[str, str]:
+        """Tags whose last value came with a bad StatusCode, by its name.
+
+        ``BadTypeMismatch`` marks a node this gateway does not read as a number
+        (not numeric, or not the declared ``data_type``).
+        """
+        codes = self.status_codes
+        bad = (codes >> _BAD_BIT) == 1
+        bad &= codes != ua.StatusCodes.BadWaitingForInitialData
+        return {
+            self.tag_names[t]: status_name(int(codes[t]))
+            for t in np.flatnonzero(bad).tolist()
+        }
 
     async def close(self) -> None:
         """Close the session (bounded by a short deadline); never raises."""
