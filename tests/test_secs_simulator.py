@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 import structlog
 from mosquitto import free_port
-from secs_support import TOOL, Recorder, load_tool, make_driver, until
+from secs_support import (
+    SIMULATOR_IDS,
+    TOOL,
+    Recorder,
+    load_tool,
+    make_driver,
+    until,
+)
 
 from drivers.base import ConnectFailed, ConnectionLost
-from drivers.batch import GOOD
+from drivers.batch import BAD_DEVICE, GOOD
 from drivers.secs.codec import Format, Item
 from drivers.secs.driver import HsmsDriver
 from drivers.secs.gem import EventSetup, ReportSetup, setup_reports
@@ -114,6 +121,32 @@ async def test_status_variables_are_polled_into_a_batch(tmp_path: Path) -> None:
         assert batch.values.shape == (1, 2)
         assert (batch.quality == GOOD).all()
         np.testing.assert_allclose(batch.values[0], [45.0, 8.0], atol=1.0)
+
+
+async def test_an_svid_the_equipment_does_not_list_is_named_as_refused(
+    tmp_path: Path,
+) -> None:
+    """A tag on an SVID missing from S1F12 is BAD_DEVICE and named by tag_faults."""
+    tool = load_tool(tmp_path / "equipment", 5000)
+    simulator = HsmsSimulator(tool, simulation(), port=0, cycle_s=CYCLE_S)
+    await simulator.start()
+    ids = {**SIMULATOR_IDS, "svid_flow": 1999}
+    ours = load_tool(tmp_path / "host", simulator.port, ids=ids)
+    driver = make_driver(ours)
+    try:
+        await driver.connect()
+        [group] = [g for g in driver.groups if g.mode == "read"]
+        batch = await driver.read_group(group)
+    finally:
+        await driver.close()
+        await simulator.stop()
+
+    flow = [driver.tag_names[t] for t in group.tags].index("flow")
+    assert batch.quality[0, flow] == BAD_DEVICE
+    assert (np.delete(batch.quality[0], flow) == GOOD).all()
+    assert driver.tag_faults() == {
+        "flow": "SVID 1999 not in the equipment's status variable list (S1F12)"
+    }
 
 
 async def test_event_reports_arrive_as_events_and_readings(tmp_path: Path) -> None:

@@ -241,6 +241,10 @@ class HsmsDriver(Driver):
         self.equipment_constants: dict[int | str, tuple[str, str]] = {}
         self.events = 0
         self.alarms = 0
+        # Per tag: the SVID is missing from the equipment's S1F12 namelist, or
+        # the last S1F4 gave no number for it.
+        self._unknown = np.zeros(len(tag_names), dtype=bool)
+        self._no_value = np.zeros(len(tag_names), dtype=bool)
 
     # Configuration rules that span the tables.
 
@@ -436,8 +440,12 @@ class HsmsDriver(Driver):
             log.warning(
                 "hsms_svid_namelist_unavailable", tool=self.tool, error=str(exc)
             )
-        for name, source in zip(self.tag_names, self.sources, strict=True):
+        self._unknown[:] = False
+        for i, (name, source) in enumerate(
+            zip(self.tag_names, self.sources, strict=True)
+        ):
             if source.svid is not None and source.svid not in self.status_variables:
+                self._unknown[i] = bool(self.status_variables)  # a namelist came
                 log.warning(
                     "hsms_svid_unknown", tool=self.tool, tag=name, svid=source.svid
                 )
@@ -537,6 +545,7 @@ class HsmsDriver(Driver):
             )
             return self._bad(group, BAD_DEVICE)
         quality = np.where(valid, GOOD, BAD_DEVICE).astype(np.uint8)
+        self._no_value[group.tag_index] = ~valid
         return ReadingBatch(
             tool=self.tool,
             group=group.name,
@@ -545,6 +554,18 @@ class HsmsDriver(Driver):
             values=values.reshape(1, -1),
             quality=quality.reshape(1, -1),
         )
+
+    def tag_faults(self) -> dict[str, str]:
+        """Tags whose SVID the equipment does not list, or gave no number for."""
+        faults = {}
+        for t in np.flatnonzero(self._unknown | self._no_value).tolist():
+            svid = self.sources[t].svid
+            faults[self.tag_names[t]] = (
+                f"SVID {svid} not in the equipment's status variable list (S1F12)"
+                if self._unknown[t]
+                else f"SVID {svid}: S1F4 gave no number"
+            )
+        return faults
 
     def _bad(self, group: PollGroup, code: int) -> ReadingBatch:
         return ReadingBatch.all_bad(
