@@ -168,6 +168,15 @@ class Driver(abc.ABC):
         sources: Sequence[Any],
         groups: Sequence[PollGroup],
     ) -> None:
+        """Keep the tool's tables.
+
+        Raises:
+            TypeError: ``settings`` or a source is not of this driver's schema.
+        """
+        if not isinstance(settings, self.Settings):
+            raise TypeError(f"{tool}: settings must be {self.Settings.__name__}")
+        if not all(isinstance(source, self.Source) for source in sources):
+            raise TypeError(f"{tool}: every tag source must be {self.Source.__name__}")
         self.tool = tool
         self.settings = settings
         self.tag_names = tuple(tag_names)

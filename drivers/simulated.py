@@ -82,16 +82,13 @@ class SimulatedDriver(Driver):
         groups: Sequence[PollGroup],
     ) -> None:
         super().__init__(tool, settings, tag_names, sources, groups)
-        if not isinstance(settings, SimulatedSettings):
-            raise TypeError(f"{tool}: settings must be SimulatedSettings")
-        specs = [_signal_spec(tool, source) for source in sources]
-        self._config = settings
+        self._config: SimulatedSettings = settings
         self._generator = SignalGenerator(
-            seed=settings.seed,
+            seed=self._config.seed,
             tag_names=tag_names,
-            specs=specs,
-            faults=settings.faults,
-            step_s=_sampling_step(groups, settings.steps_per_poll),
+            specs=sources,
+            faults=self._config.faults,
+            step_s=_sampling_step(groups, self._config.steps_per_poll),
         )
         self._start: float | None = None  # monotonic seconds at the first connect
         self._connected = False
@@ -199,12 +196,6 @@ class SimulatedDriver(Driver):
     async def close(self) -> None:
         """Close the simulated session; the simulation clock keeps running."""
         self._connected = False
-
-
-def _signal_spec(tool: str, source: Any) -> SignalSpec:
-    if not isinstance(source, SignalSpec):
-        raise TypeError(f"{tool}: every tag source must be a SignalSpec")
-    return source
 
 
 def _sampling_step(groups: Sequence[PollGroup], steps_per_poll: int) -> float:

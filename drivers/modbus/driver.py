@@ -68,13 +68,9 @@ class ModbusDriver(Driver):
         groups: Sequence[PollGroup],
     ) -> None:
         super().__init__(tool, settings, tag_names, sources, groups)
-        if not isinstance(settings, ModbusSettings):
-            raise TypeError(f"{tool}: settings must be ModbusSettings")
-        if not all(isinstance(source, ModbusSource) for source in sources):
-            raise TypeError(f"{tool}: every tag source must be a ModbusSource")
-        self._config = settings
+        self._config: ModbusSettings = settings
         self._plans = {
-            group.name: _plan(settings, [sources[t] for t in group.tags])
+            group.name: _plan(self._config, [sources[t] for t in group.tags])
             for group in groups
             if group.mode == "read"
         }

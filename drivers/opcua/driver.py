@@ -144,11 +144,7 @@ class OpcUaDriver(Driver):
         groups: Sequence[PollGroup],
     ) -> None:
         super().__init__(tool, settings, tag_names, sources, groups)
-        if not isinstance(settings, OpcUaSettings):
-            raise TypeError(f"{tool}: settings must be OpcUaSettings")
-        if not all(isinstance(source, OpcUaSource) for source in sources):
-            raise TypeError(f"{tool}: every tag source must be an OpcUaSource")
-        self._config = settings
+        self._config: OpcUaSettings = settings
         self._sources: tuple[OpcUaSource, ...] = tuple(sources)
         self._client: Client | None = None
         self._session_open = False

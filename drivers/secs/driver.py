@@ -211,15 +211,11 @@ class HsmsDriver(Driver):
         groups: Sequence[PollGroup],
     ) -> None:
         super().__init__(tool, settings, tag_names, sources, groups)
-        if not isinstance(settings, HsmsSettings):
-            raise TypeError(f"{tool}: settings must be HsmsSettings")
-        if not all(isinstance(source, HsmsSource) for source in sources):
-            raise TypeError(f"{tool}: every tag source must be an HsmsSource")
-        self._config = settings
-        self._id_format = Format[settings.id_format]
-        self._event_names = {e.ceid: e.name for e in settings.events}
+        self._config: HsmsSettings = settings
+        self._id_format = Format[self._config.id_format]
+        self._event_names = {e.ceid: e.name for e in self._config.events}
         self._report_vids: dict[int | str, tuple[int, ...]] = {
-            r.rptid: r.vids for r in settings.reports
+            r.rptid: r.vids for r in self._config.reports
         }
         self._read_plans = {
             g.name: _ReadPlan(g, self._s1f3_body(g)) for g in groups if g.mode == "read"
