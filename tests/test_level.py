@@ -106,6 +106,34 @@ def test_a_long_wide_batch_scored_in_pieces_matches_the_reference() -> None:
     np.testing.assert_allclose(got[:, columns], expected, rtol=1e-9, equal_nan=True)
 
 
+def test_wide_gapless_batches_match_the_reference() -> None:
+    """Hundreds of tags, fit rows with gaps, then gapless batches: as the reference."""
+    rng = np.random.default_rng(17)
+    k = 300
+    normal = rng.normal(size=(120, k)) + np.arange(k) * 0.05
+    normal[:, 1::4] = np.cumsum(normal[:, 1::4], axis=0) * 0.1  # drifting tags
+    normal[rng.random(normal.shape) < 0.02] = np.nan  # gaps in some fit columns
+    values = rng.normal(size=(90, k)) + np.arange(k) * 0.05
+    values[30:60, ::5] += 3.0
+    params = LevelParams(window=6, limit=4.0, follow=20.0)
+    columns = slice(0, k, 7)
+    expected = reference(normal[:, columns], values[:, columns], params)
+
+    for batch in (1, 45, 90):
+        scorer = LevelShift(params, k)
+        scorer.fit(normal)
+        got = np.vstack(
+            [
+                scorer.score(
+                    values[i : i + batch],
+                    np.ones((len(values[i : i + batch]), k), bool),
+                )
+                for i in range(0, len(values), batch)
+            ]
+        )
+        np.testing.assert_allclose(got[:, columns], expected, rtol=1e-9)
+
+
 def test_state_and_parameters_continue_identically() -> None:
     rng = np.random.default_rng(1)
     normal, values = rng.normal(size=(100, 2)), rng.normal(size=(40, 2))
