@@ -1,4 +1,5 @@
-"""What the benchmarks measure of a process: CPU time, resident memory."""
+"""What the benchmarks share: CPU time and memory of a process, their figures
+over a measured span, and a benchmark tool's detectors set up as the gateway's."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["memory_mib", "process_cpu_s", "usage"]
+from edge_models.base import scorer_class
+from gateway.config.models import ToolConfig
+
+__all__ = [
+    "figures",
+    "memory_mib",
+    "process_cpu_s",
+    "usage",
+    "with_default_detectors",
+]
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -34,3 +45,36 @@ def process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14, 15
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def figures(cpu0: float, wall0: float, readings: int) -> dict[str, Any]:
+    """Return this process's figures since ``usage()`` gave ``(cpu0, wall0)``.
+
+    CPU share of one core, resident and peak MiB now, readings per second over
+    the span, and the span's length in seconds.
+    """
+    cpu1, wall1 = usage()
+    rss, peak = memory_mib()
+    wall = wall1 - wall0
+    return {
+        "cpu": (cpu1 - cpu0) / wall,
+        "rss": rss,
+        "peak": peak,
+        "readings_per_s": readings / wall,
+        "seconds": wall,
+    }
+
+
+def with_default_detectors(tool: ToolConfig) -> ToolConfig:
+    """Return ``tool`` with its tags' scorers configured and the tool's alert rule
+    on every tag, as a tool file with no tables of its own for them gives."""
+    scorers = {
+        kind: scorer_class(kind).Params() for tag in tool.tags for kind in tag.scorers
+    }
+    rule = tool.alerts
+    return tool.model_copy(
+        update={
+            "scorers": scorers,
+            "tags": tuple(t.model_copy(update={"alerts": rule}) for t in tool.tags),
+        }
+    )

@@ -40,12 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from measure import memory_mib, usage
+from measure import figures, usage, with_default_detectors
 
 from drivers.modbus.config import ModbusSettings, ModbusSource
 from drivers.modbus.simulator import ModbusSimulator
 from drivers.simulation import Simulation
-from edge_models.base import scorer_class
 from gateway.config.models import (
     GatewayConfig,
     GatewayIdentity,
@@ -103,16 +102,7 @@ def build_tool(k: int, interval_s: float, concurrency: int, port: int) -> ToolCo
             for i, name in enumerate(names)
         ),
     )
-    scorers = {
-        kind: scorer_class(kind).Params() for tag in tool.tags for kind in tag.scorers
-    }
-    rule = tool.alerts
-    return tool.model_copy(
-        update={
-            "scorers": scorers,
-            "tags": tuple(t.model_copy(update={"alerts": rule}) for t in tool.tags),
-        }
-    )
+    return with_default_detectors(tool)
 
 
 def simulation(k: int, interval_s: float) -> Simulation:
@@ -185,47 +175,30 @@ async def run_gateway(args: argparse.Namespace) -> dict[str, Any]:
         gc0, collections0 = clock.seconds, clock.collections
         cpu0, wall0 = usage()
         await asyncio.sleep(args.seconds)
-        cpu1, wall1 = usage()
-        readings, polls = pipeline.readings - readings0, stats.polls - polls0
-        overruns = stats.overruns - overruns0
-        alerts = pipeline.alert_events - alerts0
-        gc_s, collections = clock.seconds - gc0, clock.collections - collections0
-        rss, peak = memory_mib()
+        result = figures(cpu0, wall0, pipeline.readings - readings0)
         supervisor = gateway.supervisors[0]
-        state, reconnects = supervisor.state, supervisor.reconnects
-        last_error = supervisor.last_error
+        result.update(
+            polls=stats.polls - polls0,
+            overruns=stats.overruns - overruns0,
+            state=supervisor.state,
+            reconnects=supervisor.reconnects,
+            last_error=supervisor.last_error,
+            gc_cpu=(clock.seconds - gc0) / result["seconds"],
+            gc_collections=clock.collections - collections0,
+            alerts=pipeline.alert_events - alerts0,
+        )
         stop.set()
         await running
-    wall = wall1 - wall0
-    return {
-        "cpu": (cpu1 - cpu0) / wall,
-        "rss": rss,
-        "peak": peak,
-        "readings_per_s": readings / wall,
-        "polls": polls,
-        "overruns": overruns,
-        "state": state,
-        "reconnects": reconnects,
-        "last_error": last_error,
-        "gc_cpu": gc_s / wall,
-        "gc_collections": collections,
-        "alerts": alerts,
-    }
+    return result
 
 
 async def run_driver(args: argparse.Namespace) -> dict[str, Any]:
     """Run the Modbus driver alone, its batches dropped; return its figures."""
     from drivers.modbus.driver import ModbusDriver
-    from gateway.pipeline import poll_groups
+    from gateway.pipeline import tool_driver
 
     tool = build_tool(args.tags, args.interval, args.concurrency, args.port)
-    driver = ModbusDriver(
-        tool.id,
-        tool.driver,
-        [tag.name for tag in tool.tags],
-        [tag.source for tag in tool.tags],
-        poll_groups(tool),
-    )
+    driver = tool_driver(ModbusDriver, tool)
     await driver.connect()
 
     async def drop(batch: object) -> None:
@@ -237,22 +210,15 @@ async def run_driver(args: argparse.Namespace) -> dict[str, Any]:
     readings0, polls0, overruns0 = stats.readings, stats.polls, stats.overruns
     cpu0, wall0 = usage()
     await asyncio.sleep(args.seconds)
-    cpu1, wall1 = usage()
-    rss, peak = memory_mib()
+    result = figures(cpu0, wall0, stats.readings - readings0)
+    result.update(
+        polls=stats.polls - polls0, overruns=stats.overruns - overruns0, state="up"
+    )
     polling.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await polling
     await driver.close()
-    wall = wall1 - wall0
-    return {
-        "cpu": (cpu1 - cpu0) / wall,
-        "rss": rss,
-        "peak": peak,
-        "readings_per_s": (stats.readings - readings0) / wall,
-        "polls": stats.polls - polls0,
-        "overruns": stats.overruns - overruns0,
-        "state": "up",
-    }
+    return result
 
 
 async def run_pymodbus(args: argparse.Namespace) -> dict[str, Any]:
@@ -305,19 +271,10 @@ async def run_pymodbus(args: argparse.Namespace) -> dict[str, Any]:
             overruns += skipped
             tick += skipped * args.interval
         await asyncio.sleep(max(0.0, tick - time.monotonic()))
-    cpu1, wall1 = usage()
+    result = figures(cpu0, wall0, readings)
     client.close()
-    rss, peak = memory_mib()
-    wall = wall1 - wall0
-    return {
-        "cpu": (cpu1 - cpu0) / wall,
-        "rss": rss,
-        "peak": peak,
-        "readings_per_s": readings / wall,
-        "polls": polls,
-        "overruns": overruns,
-        "state": "up",
-    }
+    result.update(polls=polls, overruns=overruns, state="up")
+    return result
 
 
 # orchestration

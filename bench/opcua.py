@@ -35,14 +35,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from measure import memory_mib, process_cpu_s, usage
+from measure import figures, process_cpu_s, usage, with_default_detectors
 
 from drivers.opcua import OpcUaDriver, OpcUaSettings, OpcUaSource
 from drivers.opcua.simulator import OpcUaSimulator
 from drivers.simulation import Simulation
-from edge_models.base import scorer_class
 from gateway.config.models import (
     GatewayConfig,
     GatewayIdentity,
@@ -55,17 +54,25 @@ from gateway.config.models import (
     ToolConfig,
 )
 from gateway.daemon import Gateway
-from gateway.pipeline import poll_groups
+from gateway.pipeline import tool_driver
 
 # Detectors fit on FIT_ROWS polls within the warm-up, so the measurement scores
 # with every detector fitted on normal data, as a gateway does in steady state.
 FIT_ROWS = 30
 WARMUP_POLLS = FIT_ROWS + 10
 MIN_WARMUP_S = 5.0
-ROLES = ("gateway-read", "gateway-subscribe", "driver-read", "driver-subscribe")
+Mode = Literal["read", "subscribe"]
+# The gateway and driver roles, each with the mode of its poll group.
+MODES: dict[str, Mode] = {
+    "gateway-read": "read",
+    "gateway-subscribe": "subscribe",
+    "driver-read": "read",
+    "driver-subscribe": "subscribe",
+}
+ROLES = tuple(MODES)
 
 
-def build_tool(k: int, interval_s: float, mode: str, port: int) -> ToolConfig:
+def build_tool(k: int, interval_s: float, mode: Mode, port: int) -> ToolConfig:
     """An OPC UA tool of ``k`` Double nodes ``ns=2;s=Bench.tNNNNNN`` in one group."""
     names = tuple(f"t{i:06d}" for i in range(k))
     settings = OpcUaSettings(
@@ -80,7 +87,7 @@ def build_tool(k: int, interval_s: float, mode: str, port: int) -> ToolConfig:
         driver=settings,
         fit_rows=FIT_ROWS,
         poll_groups=(
-            PollGroupConfig(name="g", mode=mode, interval_s=interval_s, tags=names),  # type: ignore[arg-type]
+            PollGroupConfig(name="g", mode=mode, interval_s=interval_s, tags=names),
         ),
         tags=tuple(
             TagConfig(
@@ -89,34 +96,13 @@ def build_tool(k: int, interval_s: float, mode: str, port: int) -> ToolConfig:
             for name in names
         ),
     )
-    scorers = {
-        kind: scorer_class(kind).Params() for tag in tool.tags for kind in tag.scorers
-    }
-    rule = tool.alerts
-    return tool.model_copy(
-        update={
-            "scorers": scorers,
-            "tags": tuple(t.model_copy(update={"alerts": rule}) for t in tool.tags),
-        }
-    )
+    return with_default_detectors(tool)
 
 
 def simulation(k: int, step_s: float) -> Simulation:
     """Signals for ``k`` tags: distinct levels and noise, so every value changes."""
     signals = {f"t{i:06d}": {"level": 100.0 + i % 50, "noise": 0.3} for i in range(k)}
     return Simulation.model_validate({"seed": 1, "step_s": step_s, "signals": signals})
-
-
-def figures(cpu0: float, wall0: float, readings: int) -> dict[str, Any]:
-    cpu1, wall1 = usage()
-    rss, peak = memory_mib()
-    wall = wall1 - wall0
-    return {
-        "cpu": (cpu1 - cpu0) / wall,
-        "rss": rss,
-        "peak": peak,
-        "readings_per_s": readings / wall,
-    }
 
 
 # roles
@@ -131,7 +117,7 @@ async def serve(args: argparse.Namespace) -> None:
         await asyncio.Event().wait()
 
 
-async def run_gateway(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+async def run_gateway(args: argparse.Namespace, mode: Mode) -> dict[str, Any]:
     """Run the gateway on the benchmark tool; return its figures."""
     with tempfile.TemporaryDirectory(prefix="edge-gateway-bench-") as tmp:
         main = MainConfig(
@@ -159,16 +145,10 @@ async def run_gateway(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     return result
 
 
-async def run_driver(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+async def run_driver(args: argparse.Namespace, mode: Mode) -> dict[str, Any]:
     """Run the OPC UA driver alone, its batches dropped; return its figures."""
     tool = build_tool(args.nodes, args.interval, mode, args.port)
-    driver = OpcUaDriver(
-        tool.id,
-        tool.driver,
-        [tag.name for tag in tool.tags],
-        [tag.source for tag in tool.tags],
-        poll_groups(tool),
-    )
+    driver = tool_driver(OpcUaDriver, tool)
     await driver.connect()
 
     async def drop(batch: object) -> None:
@@ -360,9 +340,8 @@ def main() -> None:
     if args.role == "asyncua":
         result = asyncio.run(run_asyncua(args))
     else:
-        kind, mode = args.role.split("-")
-        runner = run_gateway if kind == "gateway" else run_driver
-        result = asyncio.run(runner(args, mode))
+        runner = run_gateway if args.role.startswith("gateway") else run_driver
+        result = asyncio.run(runner(args, MODES[args.role]))
     print(json.dumps(result))
 
 

@@ -30,12 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measure import with_default_detectors
 
 from drivers.base import PollGroup
 from drivers.batch import ReadingBatch
 from drivers.signals import SignalGenerator, SignalSpec
 from drivers.simulated import SimulatedSettings
-from edge_models.base import scorer_class
 from gateway.config.models import (
     GatewayIdentity,
     PollGroupConfig,
@@ -69,12 +69,8 @@ def build_tool(k: int, scorers: tuple[str, ...] = ("ewma",)) -> ToolConfig:
         driver=SimulatedSettings(kind="simulated", seed=1),
         poll_groups=(PollGroupConfig(name="g", interval_s=1.0, tags=tuple(names)),),
         tags=tags,
-        scorers={kind: scorer_class(kind).Params() for kind in scorers},
     )
-    rule = tool.alerts
-    return tool.model_copy(
-        update={"tags": tuple(t.model_copy(update={"alerts": rule}) for t in tags)}
-    )
+    return with_default_detectors(tool)
 
 
 def batches(k: int, steps: int, count: int) -> list[ReadingBatch]:

@@ -35,7 +35,7 @@ from drivers.secs.simulator import CEID_PROCESS_STARTED, HsmsSimulator
 from drivers.simulation import Simulation
 from gateway.config import load_config
 from gateway.config.models import ToolConfig
-from gateway.pipeline import poll_groups
+from gateway.pipeline import tool_driver
 
 POLL_INTERVAL_S = 1.0
 EQUIPMENT_CYCLE_S = 86_400.0  # no process cycle events during the measurement
@@ -169,13 +169,7 @@ async def measure(folder: Path, poll_s: float, burst: int) -> None:
         port = json.loads(await equipment.stdout.readline())["port"]
     settings = tool.driver
     assert isinstance(settings, HsmsSettings)
-    driver = TimedDriver(
-        tool.id,
-        settings.model_copy(update={"port": port}),
-        [tag.name for tag in tool.tags],
-        [tag.source for tag in tool.tags],
-        poll_groups(tool),
-    )
+    driver = tool_driver(TimedDriver, tool, settings.model_copy(update={"port": port}))
     driver.round_trips_s = []
     sink = Counter()
     try:

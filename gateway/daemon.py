@@ -59,7 +59,7 @@ from gateway.control import ControlError, StatusServer
 from gateway.limits import LimitWatch
 from gateway.logs import configure_logging
 from gateway.metrics import MetricsServer
-from gateway.pipeline import ToolPipeline, poll_groups
+from gateway.pipeline import ToolPipeline, tool_driver
 from gateway.pki import with_default_pki
 from gateway.publish import Publisher
 from gateway.report import (
@@ -199,12 +199,8 @@ class Gateway:
     # ------------------------------------------------------------ building
 
     def _build_tool(self, tool: ToolConfig, main: MainConfig) -> _Tool:
-        driver = driver_class(tool.kind)(
-            tool.id,
-            with_default_pki(tool.driver, self.config),
-            [tag.name for tag in tool.tags],
-            [tag.source for tag in tool.tags],
-            poll_groups(tool),
+        driver = tool_driver(
+            driver_class(tool.kind), tool, with_default_pki(tool.driver, self.config)
         )
         pipeline = ToolPipeline(
             tool,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
-from drivers.base import EquipmentEvent, PollGroup
+from drivers.base import Driver, DriverSettings, EquipmentEvent, PollGroup
 from drivers.batch import (
     BAD_NOT_A_NUMBER,
     BAD_OUT_OF_RANGE,
@@ -47,7 +48,7 @@ from gateway.store import (
 )
 from gateway.summaries import SummaryAccumulator, WindowSummary
 
-__all__ = ["ToolPipeline", "poll_groups"]
+__all__ = ["ToolPipeline", "poll_groups", "tool_driver"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +68,26 @@ def poll_groups(tool: ToolConfig) -> tuple[PollGroup, ...]:
             mode=group.mode,
         )
         for group in tool.poll_groups
+    )
+
+
+AnyDriver = TypeVar("AnyDriver", bound=Driver)
+
+
+def tool_driver(
+    cls: type[AnyDriver], tool: ToolConfig, settings: DriverSettings | None = None
+) -> AnyDriver:
+    """Return a ``cls`` session for ``tool``: its tags, sources and poll groups.
+
+    ``settings`` stands in for the tool's own ``[driver]`` table (with the
+    state directory's certificates filled in, or another port).
+    """
+    return cls(
+        tool.id,
+        tool.driver if settings is None else settings,
+        [tag.name for tag in tool.tags],
+        [tag.source for tag in tool.tags],
+        poll_groups(tool),
     )
 
 

@@ -21,7 +21,7 @@ from drivers.modbus.simulator import ModbusSimulator
 from drivers.simulation import Simulation
 from gateway.config import load_config
 from gateway.config.models import ToolConfig
-from gateway.pipeline import poll_groups
+from gateway.pipeline import tool_driver
 
 __all__ = [
     "LOOPBACK",
@@ -54,13 +54,7 @@ def simulation_of(levels: dict[str, float], **extra: Any) -> Simulation:
 
 def driver_of(tool: ToolConfig, settings: Any | None = None) -> ModbusDriver:
     """Return the tool's driver, with ``settings`` in place of the tool's own."""
-    return ModbusDriver(
-        tool.id,
-        settings if settings is not None else tool.driver,
-        [tag.name for tag in tool.tags],
-        [tag.source for tag in tool.tags],
-        poll_groups(tool),
-    )
+    return tool_driver(ModbusDriver, tool, settings)
 
 
 @contextlib.asynccontextmanager

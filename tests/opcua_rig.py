@@ -6,14 +6,14 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from drivers.base import EquipmentEvent, PollGroup
+from drivers.base import EquipmentEvent
 from drivers.batch import ReadingBatch
 from drivers.opcua import OpcUaDriver, OpcUaSettings, OpcUaSource
 from drivers.opcua.simulator import OpcUaSimulator
 from drivers.signals import SignalSpec
 from drivers.simulation import Simulation
 from gateway.config.models import PollGroupConfig, TagConfig, ToolConfig
-from gateway.pipeline import poll_groups
+from gateway.pipeline import tool_driver
 
 WAIT_S = 10.0
 
@@ -65,18 +65,7 @@ def flat_simulation(
 
 def driver_for(tool: ToolConfig, simulator: OpcUaSimulator) -> OpcUaDriver:
     """Return a driver of ``tool`` pointed at ``simulator``."""
-    return OpcUaDriver(
-        tool.id,
-        simulator.driver_settings(),
-        [tag.name for tag in tool.tags],
-        [tag.source for tag in tool.tags],
-        poll_groups(tool),
-    )
-
-
-def groups_of(tool: ToolConfig) -> tuple[PollGroup, ...]:
-    """Return the tool's poll groups with tag indices."""
-    return poll_groups(tool)
+    return tool_driver(OpcUaDriver, tool, simulator.driver_settings())
 
 
 class Collector:
@@ -109,3 +98,12 @@ class Collector:
         """Wait until ``condition()`` holds after an arrival (else ``TimeoutError``)."""
         async with asyncio.timeout(timeout_s), self._arrived:
             await self._arrived.wait_for(condition)
+
+
+async def read_once(driver: OpcUaDriver) -> ReadingBatch:
+    """Connect ``driver``, read its first poll group once, and close it."""
+    await driver.connect()
+    try:
+        return await driver.read_group(driver.groups[0])
+    finally:
+        await driver.close()

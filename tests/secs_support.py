@@ -13,7 +13,7 @@ from drivers.batch import ReadingBatch
 from drivers.secs.driver import HsmsDriver, HsmsSettings
 from gateway.config import load_config
 from gateway.config.models import ToolConfig
-from gateway.pipeline import poll_groups
+from gateway.pipeline import tool_driver
 
 WAIT_S = 10.0
 
@@ -108,13 +108,7 @@ def load_tool(
 
 def make_driver(tool: ToolConfig, settings: HsmsSettings | None = None) -> HsmsDriver:
     """The tool's driver, as the daemon builds it."""
-    return HsmsDriver(
-        tool.id,
-        settings or tool.driver,
-        [tag.name for tag in tool.tags],
-        [tag.source for tag in tool.tags],
-        poll_groups(tool),
-    )
+    return tool_driver(HsmsDriver, tool, settings)
 
 
 class Recorder:

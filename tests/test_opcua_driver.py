@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 from asyncua import ua
-from opcua_rig import Collector, driver_for, flat_simulation, groups_of, opcua_tool
+from opcua_rig import Collector, driver_for, flat_simulation, opcua_tool, read_once
 
 from drivers.base import ConnectionLost, PollGroup
 from drivers.batch import BAD_COMM, BAD_CONFIG, BAD_DEVICE, GOOD
 from drivers.opcua import OpcUaDriver
 from drivers.opcua.simulator import OpcUaSimulator
 from gateway.config.models import BackoffConfig, ToolConfig
+from gateway.pipeline import tool_driver
 from gateway.supervisor import ToolSupervisor
 
 FAST_S = 0.1
@@ -140,7 +141,7 @@ async def test_reads_are_split_to_the_servers_operation_limit() -> None:
         await driver.connect()
         try:
             before = sim.read_requests
-            batch = await driver.read_group(groups_of(tool)[0])
+            batch = await driver.read_group(driver.groups[0])
             calls = sim.read_requests - before
         finally:
             await driver.close()
@@ -170,9 +171,9 @@ async def test_a_server_enforcing_a_lower_limit_than_it_advertises() -> None:
         driver = driver_for(tool, sim)
         await driver.connect()
         try:
-            first = await driver.read_group(groups_of(tool)[0])
+            first = await driver.read_group(driver.groups[0])
             before = sim.read_requests
-            second = await driver.read_group(groups_of(tool)[0])
+            second = await driver.read_group(driver.groups[0])
             calls = sim.read_requests - before
         finally:
             await driver.close()
@@ -194,7 +195,7 @@ async def test_a_lower_cap_than_the_server_limit_is_obeyed() -> None:
         await driver.connect()
         try:
             before = sim.read_requests
-            batch = await driver.read_group(groups_of(tool)[0])
+            batch = await driver.read_group(driver.groups[0])
             calls = sim.read_requests - before
         finally:
             await driver.close()
@@ -222,11 +223,7 @@ async def test_unknown_node_wrong_type_and_denied_read_mark_only_that_tag() -> N
         await sim.set_readable("locked", False)
 
         driver = driver_for(tool, sim)
-        await driver.connect()
-        try:
-            batch = await driver.read_group(groups_of(tool)[0])
-        finally:
-            await driver.close()
+        batch = await read_once(driver)
     assert batch.values[0, 0] == 10.0
     assert list(batch.quality[0]) == [GOOD, BAD_DEVICE, BAD_CONFIG, BAD_DEVICE]
     assert np.isnan(batch.values[0, 1:]).all()
@@ -259,11 +256,7 @@ async def test_a_node_of_another_type_than_declared_is_bad() -> None:
         await parent.add_variable(ua.NodeId("Counter", 2), "Counter", 3.5)  # Double
 
         driver = driver_for(tool, sim)
-        await driver.connect()
-        try:
-            batch = await driver.read_group(groups_of(tool)[0])
-        finally:
-            await driver.close()
+        batch = await read_once(driver)
     assert batch.values[0, 0] == 10.0
     assert list(batch.quality[0]) == [GOOD, BAD_CONFIG]
     assert ua.StatusCode(int(driver.status_codes[1])).name == "BadTypeMismatch"
@@ -325,7 +318,7 @@ async def test_reading_after_the_session_is_lost_raises_connection_lost() -> Non
         try:
             await sim.halt()
             with pytest.raises(ConnectionLost):
-                await read_until_failure(driver, groups_of(tool)[0])
+                await read_until_failure(driver, driver.groups[0])
         finally:
             await driver.close()
 
@@ -417,13 +410,7 @@ async def test_a_silent_network_is_detected_by_keepalive_and_recovered() -> None
         settings = sim.driver_settings().model_copy(
             update={"endpoint": f"opc.tcp://127.0.0.1:{proxy.port}/"}
         )
-        driver = OpcUaDriver(
-            tool.id,
-            settings,
-            [tag.name for tag in tool.tags],
-            [tag.source for tag in tool.tags],
-            groups_of(tool),
-        )
+        driver = tool_driver(OpcUaDriver, tool, settings)
         sink = Collector()
         supervisor = ToolSupervisor(
             driver, sink, BackoffConfig(initial_s=0.1, max_s=0.3, jitter=0.0)

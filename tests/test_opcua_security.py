@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 from asyncua.common.utils import ServiceError
-from opcua_rig import driver_for, flat_simulation, groups_of, opcua_tool
+from opcua_rig import driver_for, flat_simulation, opcua_tool, read_once
 
 from drivers.base import ConnectFailed
 from drivers.batch import GOOD
@@ -48,11 +48,7 @@ async def test_secure_session_with_username_and_password_from_a_file(
     )
     async with OpcUaSimulator(tool, flat_simulation(tool), update=False) as sim:
         driver = driver_for(tool, sim)
-        await driver.connect()
-        try:
-            batch = await driver.read_group(groups_of(tool)[0])
-        finally:
-            await driver.close()
+        batch = await read_once(driver)
     assert batch.values[0, 0] == 10.0
     assert batch.quality[0, 0] == GOOD
     pki = Pki(tmp_path / "pki")
@@ -75,11 +71,7 @@ async def test_certificate_identity_uses_the_gateway_certificate(
     )
     async with OpcUaSimulator(tool, flat_simulation(tool), update=False) as sim:
         driver = driver_for(tool, sim)
-        await driver.connect()
-        try:
-            batch = await driver.read_group(groups_of(tool)[0])
-        finally:
-            await driver.close()
+        batch = await read_once(driver)
     assert batch.quality[0, 0] == GOOD
 
 
@@ -132,11 +124,7 @@ async def test_untrusted_server_certificate_is_refused_with_the_copy_step(
 
         # The technician's step, then the same driver connects.
         (pki.trusted_dir / rejected[0].name).write_bytes(rejected[0].read_bytes())
-        await driver.connect()
-        try:
-            batch = await driver.read_group(groups_of(tool)[0])
-        finally:
-            await driver.close()
+        batch = await read_once(driver)
     assert batch.quality[0, 0] == GOOD
 
 
