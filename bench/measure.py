@@ -3,8 +3,11 @@ over a measured span, and a benchmark tool's detectors set up as the gateway's."
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ __all__ = [
     "figures",
     "memory_mib",
     "process_cpu_s",
+    "run_role",
     "usage",
     "with_default_detectors",
 ]
@@ -78,3 +82,17 @@ def with_default_detectors(tool: ToolConfig) -> ToolConfig:
             "tags": tuple(t.model_copy(update={"alerts": rule}) for t in tool.tags),
         }
     )
+
+
+def run_role(script: str, role: str, options: dict[str, object]) -> dict[str, Any]:
+    """Run ``script --role ROLE --OPTION VALUE ...`` in a process of its own.
+
+    The role prints its figures as one JSON object on its last line of output;
+    return it.
+    """
+    command = [sys.executable, script, "--role", role]
+    for name, value in options.items():
+        command += [f"--{name}", str(value)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
+    return result

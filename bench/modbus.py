@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from measure import figures, usage, with_default_detectors
+from measure import figures, run_role, usage, with_default_detectors
 
 from drivers.modbus.config import ModbusSettings, ModbusSource
 from drivers.modbus.simulator import ModbusSimulator
@@ -282,29 +282,19 @@ async def run_pymodbus(args: argparse.Namespace) -> dict[str, Any]:
 
 def child(role: str, args: argparse.Namespace, port: int) -> dict[str, Any]:
     """Run one client role in its own process and return its figures."""
-    command = [
-        sys.executable,
+    return run_role(
         __file__,
-        "--role",
         role,
-        "--port",
-        str(port),
-        "--tags",
-        str(args.tags),
-        "--interval",
-        str(args.interval),
-        "--seconds",
-        str(args.seconds),
-        "--warmup",
-        str(args.warmup),
-        "--concurrency",
-        str(args.concurrency),
-        "--summary-window",
-        str(args.summary_window),
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True)
-    result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
-    return result
+        {
+            "port": port,
+            "tags": args.tags,
+            "interval": args.interval,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "summary-window": args.summary_window,
+        },
+    )
 
 
 def orchestrate(args: argparse.Namespace) -> None:

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from measure import figures, process_cpu_s, usage, with_default_detectors
+from measure import figures, process_cpu_s, run_role, usage, with_default_detectors
 
 from drivers.opcua import OpcUaDriver, OpcUaSettings, OpcUaSource
 from drivers.opcua.simulator import OpcUaSimulator
@@ -218,25 +218,17 @@ async def run_asyncua(args: argparse.Namespace) -> dict[str, Any]:
 
 def child(role: str, args: argparse.Namespace, port: int) -> dict[str, Any]:
     """Run one client role in its own process and return its figures."""
-    command = [
-        sys.executable,
+    return run_role(
         __file__,
-        "--role",
         role,
-        "--port",
-        str(port),
-        "--nodes",
-        str(args.nodes),
-        "--interval",
-        str(args.interval),
-        "--seconds",
-        str(args.seconds),
-        "--warmup",
-        str(args.warmup),
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True)
-    result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
-    return result
+        {
+            "port": port,
+            "nodes": args.nodes,
+            "interval": args.interval,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+        },
+    )
 
 
 def orchestrate(args: argparse.Namespace) -> None:
